@@ -1,0 +1,34 @@
+"""shmpool: share numpy arrays of any dtype with ``multiprocessing.Pool`` workers.
+
+    empty, zeros, copy     new ndarrays on process-shared memory (any fixed-size dtype)
+    is_shared              whether an ndarray (or a view) lies on shared memory
+    SharedArrayPool        a drop-in ``multiprocessing.Pool`` with ``arrays=``
+    arrays                 in a pool's worker, the pool's arrays by name
+    SharedMemoryWarning    shared memory spilled from /dev/shm to disk
+    BlockUnavailable       a shared array's memory could no longer be reached
+
+Importing shmpool teaches ``multiprocessing``'s pickler to send shared arrays,
+and views of them, as small references to the same memory.
+"""
+
+from .blocks import BlockUnavailable
+from .memory import SharedMemoryWarning
+from .ndarrays import copy, empty, is_shared, zeros
+from .pool import SharedArrayPool
+from .reduction import register as _register
+from .worker import arrays
+
+__all__ = [
+    "BlockUnavailable",
+    "SharedArrayPool",
+    "SharedMemoryWarning",
+    "arrays",
+    "copy",
+    "empty",
+    "is_shared",
+    "zeros",
+]
+
+__version__ = "0.1.0"
+
+_register()

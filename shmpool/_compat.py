@@ -1,0 +1,16 @@
+"""What differs between the platforms and Pythons shmpool runs on, in one place."""
+
+import mmap
+import os
+import sys
+
+#: Linux: a process can open another's descriptor through /proc/PID/fd/N, so a
+#: block reaches any process of the same user by its creator's pid and fd.
+LINUX = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
+
+#: posix_fallocate reserves a file's space up front (not on macOS or Windows).
+posix_fallocate = getattr(os, "posix_fallocate", None)
+
+#: Pre-fault a mapping's page tables at mmap time (Linux; mmap exposes the
+#: constant from Python 3.10 on).
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if LINUX else 0)

@@ -1,0 +1,174 @@
+"""This process's table of shared blocks: create them, find them, attach others'.
+
+A block is a span of shared memory that starts with a 64-byte header (magic,
+random tag, size) followed by the data.  Across processes a block is named by
+``Name``: its creator's pid and serial number, its tag, and where the creator
+keeps it (descriptor, offset).  A process that does not hold the block yet
+opens the creator's descriptor through ``/proc/PID/fd`` and maps it; the tag
+in the header proves the mapping is the block that was named, so a freed,
+reused or exited block is an error, never a wrong view.
+
+The table holds blocks weakly: a block lives as long as some array uses its
+memory, and leaves the table when it dies.
+"""
+
+import bisect
+import collections
+import ctypes
+import itertools
+import os
+import struct
+import threading
+import weakref
+
+from . import _compat, memory
+
+HEADER = 64
+_HEADER = struct.Struct("<8sQQ")
+_MAGIC = b"shmpool\x01"
+
+#: Everything a process needs to reach a block it does not hold yet.
+Name = collections.namedtuple("Name", "pid serial tag fd offset size")
+
+
+class BlockUnavailable(RuntimeError):
+    """A shared block named in a message can no longer be reached."""
+
+
+class Block(object):
+    """What this process knows of one block; hangs off the block's buffer."""
+
+    __slots__ = ("name", "start", "stop")
+
+    def __init__(self, name, start):
+        self.name = name
+        self.start = start  # address of the header
+        self.stop = start + HEADER + name.size
+
+    @property
+    def data(self):
+        """Address of the first data byte."""
+        return self.start + HEADER
+
+
+class _Table(object):
+    """Weak maps from name and from address to a block's buffer."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.by_key = {}
+        self.starts = []  # sorted header addresses
+        self.refs = []    # weakref to the buffer, parallel to starts
+        self.dead = []    # keys of collected blocks, purged under the lock
+
+    def purge(self):
+        while self.dead:
+            key, start = self.dead.pop()
+            ref = self.by_key.get(key)
+            if ref is not None and ref() is None:
+                del self.by_key[key]
+            i = bisect.bisect_left(self.starts, start)
+            if i < len(self.starts) and self.starts[i] == start and self.refs[i]() is None:
+                del self.starts[i], self.refs[i]
+
+    def add(self, buffer, block):
+        key = block.name[:2]
+        dead = self.dead
+        ref = weakref.ref(buffer, lambda _, k=key, s=block.start: dead.append((k, s)))
+        with self.lock:
+            self.purge()
+            self.by_key[key] = ref
+            i = bisect.bisect_left(self.starts, block.start)
+            if i < len(self.starts) and self.starts[i] == block.start:
+                self.refs[i] = ref  # a dead block's slot, not purged yet
+            else:
+                self.starts.insert(i, block.start)
+                self.refs.insert(i, ref)
+
+
+_table = _Table()
+_serial = itertools.count(1)
+
+
+def _after_fork():
+    _table.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def new(size, zero=False):
+    """Create a block of ``size`` data bytes; return its buffer (header included)."""
+    buffer, fd, offset = memory.allocate(HEADER + size, zero)
+    tag = struct.unpack("<Q", os.urandom(8))[0]
+    _HEADER.pack_into(buffer, 0, _MAGIC, tag, size)
+    name = Name(os.getpid(), next(_serial), tag, fd, offset, size)
+    return _adopt(buffer, name)
+
+
+def _adopt(buffer, name):
+    block = Block(name, ctypes.addressof(buffer))
+    buffer._shmpool_block = block
+    _table.add(buffer, block)
+    return buffer
+
+
+def block_of(buffer):
+    """The Block record of a buffer that ``new`` or ``attach`` returned."""
+    return buffer._shmpool_block
+
+
+def find(address, nbytes=0):
+    """The buffer of the live block whose data holds ``[address, address+nbytes)``,
+    or None."""
+    table = _table
+    with table.lock:
+        table.purge()
+        i = bisect.bisect_right(table.starts, address) - 1
+        if i < 0:
+            return None
+        buffer = table.refs[i]()
+    if buffer is None:
+        return None
+    block = buffer._shmpool_block
+    if block.data <= address and address + nbytes <= block.stop:
+        return buffer
+    return None
+
+
+def attach(name):
+    """The buffer of the block ``name``: the one this process holds, or the
+    creator's, mapped here once.  Raises ``BlockUnavailable`` if it is gone."""
+    with _table.lock:
+        _table.purge()
+        ref = _table.by_key.get(tuple(name[:2]))
+    buffer = ref() if ref is not None else None
+    if buffer is not None:
+        if buffer._shmpool_block.name.tag != name.tag:
+            raise BlockUnavailable(_gone(name, "was freed and its name reused"))
+        return buffer
+    if not _compat.LINUX:
+        raise BlockUnavailable(_gone(name, "cannot be reached from another process "
+                                           "on this platform"))
+    try:
+        fd = os.open("/proc/%d/fd/%d" % (name.pid, name.fd), os.O_RDWR)
+    except OSError:
+        why = ("was freed by its creator" if os.path.exists("/proc/%d" % name.pid)
+               else "belonged to a process that has exited")
+        raise BlockUnavailable(_gone(name, why)) from None
+    try:
+        if os.fstat(fd).st_size < name.offset + HEADER + name.size:
+            raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
+        buffer = memory.map_file(fd, name.offset, HEADER + name.size)
+    finally:
+        os.close(fd)
+    magic, tag, size = _HEADER.unpack_from(buffer, 0)
+    if (magic, tag, size) != (_MAGIC, name.tag, name.size):
+        raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
+    return _adopt(buffer, name)
+
+
+def _gone(name, why):
+    return ("shmpool: shared block %d of process %d (%d bytes) %s"
+            % (name.serial, name.pid, name.size, why))

@@ -1,0 +1,100 @@
+"""SharedArrayPool: ``multiprocessing.Pool`` whose workers share numpy arrays.
+
+Where an array goes::
+
+    parent                                          worker (fork, spawn, forkserver)
+    ------                                          ------
+    arrays={"x": X}
+      | X already shared? keep it : shmpool.copy(X)
+      v
+    pool.arrays["x"] --- block: header + data on a /dev/shm file
+      |                      ^
+      | reference:           | mapped once, by /proc/PARENT/fd/N
+      | (pid, serial, tag,   | (or inherited, under fork)
+      |  fd, geometry)       |
+      '-- worker initializer args -----------> worker.initialize
+                                                 shmpool.arrays["x"]: view of the block
+                                                 then the user's initializer
+
+    pool.map(f, [X[a:b], ...])
+      | f: by name, or cloudpickle if pickle refuses it
+      | X[a:b]: ForkingPickler -> reference ----> rebuilt as a view of the same block
+      v                                             f(view) writes in place
+    result  <------- results: values, or references to shared arrays
+
+Everything else is ``multiprocessing.pool.Pool`` unchanged: its task and result
+queues, handler threads, worker loop and ``maxtasksperchild`` replacement (the
+initializer runs in every replacement worker, so they get the arrays too).
+"""
+
+from multiprocessing import pool as _mp_pool
+
+import numpy as np
+
+from . import ndarrays, pickling, reduction, worker
+
+
+class SharedArrayPool(_mp_pool.Pool):
+    """A ``multiprocessing.Pool`` whose workers see ``arrays`` as
+    ``shmpool.arrays``: zero-copy views of the same shared memory.
+
+    ``arrays`` maps names to ndarrays; an array already on shared memory is used
+    as it is, any other is copied there once.  ``pool.arrays`` is the parent's
+    read-only view of them, readable even after the pool is closed.
+    """
+
+    def __init__(self, processes=None, initializer=None, initargs=(),
+                 maxtasksperchild=None, context=None, *, arrays=None):
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        shared = _shared(arrays)
+        self.arrays = worker.ArrayMap(shared)
+        references = [(name, reduction.reference(a)) for name, a in shared.items()]
+        super(SharedArrayPool, self).__init__(
+            processes, worker.initialize, (references, initializer, initargs),
+            maxtasksperchild, context)
+
+    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
+        return super(SharedArrayPool, self).apply_async(
+            pickling.portable(func), args, kwds, callback, error_callback)
+
+    def _map_async(self, func, iterable, mapper, chunksize=None, callback=None,
+                   error_callback=None):
+        # map, map_async, starmap and starmap_async all come through here.
+        return super(SharedArrayPool, self)._map_async(
+            pickling.portable(func), iterable, mapper, chunksize, callback,
+            error_callback)
+
+    def imap(self, func, iterable, chunksize=1):
+        return super(SharedArrayPool, self).imap(
+            pickling.portable(func), iterable, chunksize)
+
+    def imap_unordered(self, func, iterable, chunksize=1):
+        return super(SharedArrayPool, self).imap_unordered(
+            pickling.portable(func), iterable, chunksize)
+
+
+def _shared(arrays):
+    """Validate ``arrays`` and put each on shared memory; a failure leaves
+    nothing allocated behind."""
+    if arrays is None:
+        return {}
+    try:
+        items = list(arrays.items())
+    except AttributeError:
+        raise TypeError("shmpool: arrays must be a mapping from name to ndarray, "
+                        "not %s" % type(arrays).__name__) from None
+    for name, a in items:
+        if not isinstance(name, str):
+            raise TypeError("shmpool: array names must be strings, not %r (%s)"
+                            % (name, type(name).__name__))
+        if not isinstance(a, np.ndarray):
+            raise TypeError("shmpool: arrays[%r] must be a numpy.ndarray, not %s"
+                            % (name, type(a).__name__))
+    shared = {}
+    for name, a in items:
+        try:
+            shared[name] = a if ndarrays.is_shared(a) else ndarrays.copy(a)
+        except (TypeError, ValueError, MemoryError) as e:
+            raise type(e)("arrays[%r]: %s" % (name, e)) from None
+    return shared
