@@ -2,11 +2,16 @@
 refuses them (lambdas, closures, functions defined interactively): those go by
 value through cloudpickle.
 
-Pickling by reference first matters: a ``__main__`` function that reads a
-global set by the pool's initializer must find that global in the worker, which
-it would not if cloudpickle had copied the function with its globals.
+Globals are the point to get right.  A ``__main__`` function that reads a
+global set by the pool's initializer must find it in the worker, which it would
+not if cloudpickle had copied the function with a snapshot of its globals.  So
+a function pickles by name when it can; and a lambda or closure of a module the
+worker has (a script's ``__main__`` included) is rebuilt there from its code
+and closure on that module's live globals, as if it had been defined there.
+Only a function of an interactive session carries cloudpickle's snapshot.
 """
 
+import importlib
 import pickle
 import sys
 import types
@@ -46,18 +51,56 @@ def _interactive(func):
 
 def _by_value(func):
     try:
-        return _ByValue(cloudpickle.dumps(func))
+        if type(func) is types.FunctionType and not _interactive(func):
+            return _ByValue(cloudpickle.dumps(_parts(func)), _rebuild_function)
+        return _ByValue(cloudpickle.dumps(func), pickle.loads)
     except Exception:
         return func  # let Pool report the standard pickler's error, as it would
+
+
+def _parts(func):
+    cells = tuple(c.cell_contents for c in func.__closure__ or ())
+    return (func.__code__, func.__module__, _anchor(func), func.__name__,
+            func.__qualname__, func.__defaults__, func.__kwdefaults__, cells,
+            func.__dict__)
+
+
+def _anchor(func):
+    """A module-level function that shares ``func``'s globals, by name."""
+    for name, value in list(func.__globals__.items()):
+        if type(value) is types.FunctionType and value.__globals__ is func.__globals__:
+            return name
+    return None
+
+
+def _rebuild_function(payload):
+    (code, module, anchor, name, qualname, defaults, kwdefaults, cells,
+     attrs) = pickle.loads(payload)
+    namespace = sys.modules.get(module) or importlib.import_module(module)
+    # Under spawn the main script runs through runpy, whose functions keep the
+    # namespace it ran them in, not the module's copy of it: follow a neighbour.
+    neighbour = getattr(namespace, anchor, None) if anchor else None
+    globals_ = getattr(neighbour, "__globals__", None) or namespace.__dict__
+    closure = tuple(_cell(v) for v in cells) or None
+    func = types.FunctionType(code, globals_, name, defaults, closure)
+    func.__qualname__ = qualname
+    func.__kwdefaults__ = kwdefaults
+    func.__dict__.update(attrs)
+    return func
+
+
+def _cell(value):
+    return (lambda: value).__closure__[0]
 
 
 class _ByValue(object):
     """Unpickles, in the worker, to the function itself."""
 
-    __slots__ = ("payload",)
+    __slots__ = ("payload", "load")
 
-    def __init__(self, payload):
+    def __init__(self, payload, load):
         self.payload = payload
+        self.load = load
 
     def __reduce__(self):
-        return pickle.loads, (self.payload,)
+        return self.load, (self.payload,)

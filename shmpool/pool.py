@@ -45,6 +45,8 @@ class SharedArrayPool(_mp_pool.Pool):
 
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, context=None, *, arrays=None):
+        # Pool.__del__ (3.8+) reads these even when __init__ failed early.
+        self._pool, self._state = [], getattr(_mp_pool, "INIT", "INIT")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         shared = _shared(arrays)

@@ -1,0 +1,15 @@
+"""Every pool behaviour in pool_cases, under the 'forkserver' start method."""
+
+import multiprocessing
+
+import pytest
+
+import pool_cases
+
+pytestmark = pytest.mark.skipif(
+    "forkserver" not in multiprocessing.get_all_start_methods(),
+    reason="no forkserver start method on this platform")
+
+
+class TestPoolForkserver(pool_cases.PoolCases):
+    start_method = "forkserver"

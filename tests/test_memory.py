@@ -1,0 +1,221 @@
+"""Shared ndarrays without a pool: empty, zeros, copy, is_shared, lifetime."""
+
+import ctypes
+import gc
+import mmap
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import shmpool
+from shmpool import memory
+
+from conftest import shm_used
+
+DTYPES = [
+    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+    np.uint32, np.uint64, np.float16, np.float32, np.float64, np.longdouble,
+    np.complex64, np.complex128, np.clongdouble, "datetime64[ns]",
+    "timedelta64[s]", "S7", "U5", ">f8", "<i2",
+    [("id", "<u4"), ("pos", "f2", (3,)), ("name", "S4")],
+    np.dtype({"names": ["a", "b"], "formats": ["u1", "f8"], "offsets": [0, 9],
+              "itemsize": 24}),
+]
+
+
+def sample(dtype, shape):
+    """Deterministic non-trivial values of any dtype, built from bytes."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = np.random.RandomState(0).randint(0, 256, n).astype(np.uint8)
+    a = raw.view(dtype).reshape(shape)
+    if dtype.kind == "b":
+        a = raw.astype(bool).reshape(shape)
+    if dtype.kind == "U":
+        a = np.array(["x%d" % i for i in range(int(np.prod(shape)))],
+                     dtype=dtype).reshape(shape)
+    return a
+
+
+def same(a, b):
+    """Equal bytes, ignoring the padding between the fields of a record."""
+    if a.dtype.names:
+        return all(same(a[f], b[f]) for f in a.dtype.names)
+    return a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def base_ctypes(a):
+    while isinstance(a, np.ndarray):
+        a = a.base
+    return a
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_fixed_size_dtype(dtype):
+    values = sample(dtype, (4, 5))
+    a = shmpool.empty((4, 5), dtype)
+    a[...] = values
+    assert a.dtype == np.dtype(dtype)
+    assert same(a, values)
+    assert shmpool.is_shared(a) and shmpool.is_shared(a[1:, ::2])
+    c = shmpool.copy(values)
+    assert same(c, values) and c.dtype == values.dtype
+    z = shmpool.zeros(7, dtype)
+    assert not z.view(np.uint8).any()
+
+
+def test_bfloat16():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    a = shmpool.zeros(6, ml_dtypes.bfloat16)
+    a[:] = [0.5, 1.5, -2, 3, 4, 1e30]
+    assert a.dtype == ml_dtypes.bfloat16
+    assert a.astype(np.float32).tolist()[:5] == [0.5, 1.5, -2, 3, 4]
+    assert shmpool.is_shared(a[::2])
+
+
+def test_float16_where_ctypeslib_fails():
+    with pytest.raises(NotImplementedError):
+        np.ctypeslib.as_ctypes_type(np.float16)
+    a = shmpool.copy(np.linspace(0, 1, 11, dtype=np.float16))
+    assert a.dtype == np.float16 and a[10] == 1
+
+
+def test_memory_is_a_ctypes_byte_array_on_the_heap():
+    for size in (10, memory.LARGE * 3):
+        root = base_ctypes(shmpool.empty(size, np.uint8))
+        assert isinstance(root, ctypes.Array) and root._type_ is ctypes.c_byte
+        assert type(root._wrapper).__module__ == "multiprocessing.heap"
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 1000, 3 * memory.LARGE])
+def test_aligned_to_64_bytes(size):
+    for _ in range(5):
+        a = shmpool.empty(size, np.uint8)
+        assert a.__array_interface__["data"][0] % 64 == 0
+
+
+def test_shapes_and_orders():
+    assert shmpool.empty(0).shape == (0,) and shmpool.is_shared(shmpool.empty(0))
+    assert shmpool.empty((3, 0, 2), "f2").shape == (3, 0, 2)
+    s = shmpool.zeros((), np.complex64)
+    s[()] = 1 + 2j
+    assert s.shape == () and s[()] == 1 + 2j and shmpool.is_shared(s)
+    f = shmpool.zeros((3, 4), np.float16, order="F")
+    assert f.flags.f_contiguous and not f.flags.c_contiguous and not f.any()
+    f[:] = np.arange(12).reshape(3, 4)
+    assert f.tolist() == np.arange(12).reshape(3, 4).tolist()
+    assert shmpool.empty(np.int64(5)).shape == (5,)
+
+
+def test_empty_dtype_like_numpy():
+    assert shmpool.empty(3, "S").dtype == np.empty(3, "S").dtype
+    assert shmpool.empty(3).dtype == np.float64
+
+
+@pytest.mark.parametrize("make", [
+    lambda: np.arange(40, dtype=np.int32).reshape(5, 8)[::2, 1::3],  # non-contiguous
+    lambda: np.arange(10, dtype=">f8"),                               # big-endian
+    lambda: np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+    lambda: np.arange(6, dtype=np.float16)[::-1],
+], ids=["strided", "big-endian", "fortran", "reversed"])
+def test_copy_keeps_values_and_is_c_contiguous(make):
+    a = make()
+    c = shmpool.copy(a)
+    assert c.dtype == a.dtype and c.shape == a.shape
+    assert c.flags.c_contiguous and shmpool.is_shared(c)
+    assert np.array_equal(c, a)
+
+
+def test_copy_read_only_and_memmap(tmp_path):
+    ro = np.arange(5.0)
+    ro.flags.writeable = False
+    c = shmpool.copy(ro)
+    assert c.flags.writeable and np.array_equal(c, ro)
+    m = np.memmap(str(tmp_path / "m.dat"), dtype=np.float16, mode="w+", shape=(4, 3))
+    m[:] = np.arange(12).reshape(4, 3)
+    c = shmpool.copy(m)
+    assert np.array_equal(c, m) and shmpool.is_shared(c) and not np.shares_memory(c, m)
+    del m
+
+
+def test_is_shared():
+    a = shmpool.zeros((10, 10), np.float32)
+    for v in (a, a[2:5], a[::-1, ::3], a.T, a.reshape(100), a.view(np.uint8),
+              a[3], np.asarray(a), a[5:5]):
+        assert shmpool.is_shared(v)
+    rec = shmpool.zeros(4, [("x", "f4"), ("y", "i2")])
+    assert shmpool.is_shared(rec["y"]) and shmpool.is_shared(rec.view(np.recarray).x)
+    for v in (np.zeros(3), a.copy(), [1, 2], None, np.float32(1)):
+        assert not shmpool.is_shared(v)
+
+
+def test_object_dtype_refused_with_reason():
+    for call in (lambda: shmpool.empty(3, object), lambda: shmpool.zeros(3, "O"),
+                 lambda: shmpool.copy(np.array([None, 1])),
+                 lambda: shmpool.empty(3, [("a", "f8"), ("b", "O")])):
+        with pytest.raises(TypeError, match="cannot be shared.*objects"):
+            call()
+
+
+@pytest.mark.parametrize("shape,exc", [((-1,), ValueError), ((2, -3), ValueError),
+                                       ("abc", TypeError), ((2.5,), TypeError),
+                                       ((2**40, 2**40), ValueError)])
+def test_bad_shapes(shape, exc):
+    with pytest.raises(exc, match="shmpool"):
+        shmpool.empty(shape)
+
+
+def test_bad_order():
+    with pytest.raises(ValueError, match="order"):
+        shmpool.empty(3, order="K")
+
+
+def test_too_large_is_memory_error_up_front():
+    free = os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize
+    disk = os.statvfs(memory.util.get_temp_dir())
+    too_big = free + disk.f_bavail * disk.f_frsize + (1 << 40)
+    before = shm_used()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", memory.SharedMemoryWarning)
+        with pytest.raises(MemoryError, match="cannot reserve"):
+            shmpool.empty(too_big, np.uint8)
+    assert shm_used() - before < (1 << 20)
+
+
+def test_memory_returned_when_last_view_dies():
+    size = 64 << 20
+    before = shm_used()
+    a = shmpool.zeros(size, np.uint8)
+    a[::4096] = 1  # touch every page
+    view = a[10:20]
+    del a
+    gc.collect()
+    assert shm_used() - before >= size  # a view keeps the block
+    assert view.sum() == 0 and shmpool.is_shared(view)
+    del view
+    gc.collect()
+    assert shm_used() - before < (1 << 20)
+
+
+def test_small_blocks_share_arenas():
+    fds = len(os.listdir("/proc/self/fd"))
+    keep = [shmpool.zeros(100, np.float16) for _ in range(500)]
+    assert len(os.listdir("/proc/self/fd")) - fds < 20
+    assert all(shmpool.is_shared(k) for k in keep)
+
+
+def test_spill_to_disk_warns_once(monkeypatch):
+    monkeypatch.setattr(memory, "_free_space", lambda d: 0)
+    monkeypatch.setattr(memory, "_warned", memory.threading.Event())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = shmpool.zeros(2 * memory.LARGE, np.float32)
+        b = shmpool.zeros(2 * memory.LARGE, np.float32)
+    msgs = [w for w in caught if issubclass(w.category, shmpool.SharedMemoryWarning)]
+    assert len(msgs) == 1
+    assert "8.0 MiB" in str(msgs[0].message) and "disk" in str(msgs[0].message)
+    a[:] = 1
+    assert a.sum() == 2 * memory.LARGE and not b.any()
+    assert mmap.PAGESIZE  # the arena is a real mapping
