@@ -14,3 +14,18 @@ posix_fallocate = getattr(os, "posix_fallocate", None)
 #: Pre-fault a mapping's page tables at mmap time (Linux; mmap exposes the
 #: constant from Python 3.10 on).
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if LINUX else 0)
+
+
+def raise_fd_limit():
+    """Raise this process's soft limit on open files towards the hard one
+    (each shared block holds a descriptor in its creator); False if it can't."""
+    try:
+        import resource
+    except ImportError:
+        return False
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    new = soft * 2 if hard == resource.RLIM_INFINITY else min(hard, soft * 2)
+    if new <= soft:
+        return False
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return True

@@ -15,6 +15,7 @@ memory, and leaves the table when it dies.
 import bisect
 import collections
 import ctypes
+import errno
 import itertools
 import os
 import struct
@@ -152,7 +153,7 @@ def attach(name):
         raise BlockUnavailable(_gone(name, "cannot be reached from another process "
                                            "on this platform"))
     try:
-        fd = os.open("/proc/%d/fd/%d" % (name.pid, name.fd), os.O_RDWR)
+        fd = _open_creators_fd(name)
     except OSError:
         why = ("was freed by its creator" if os.path.exists("/proc/%d" % name.pid)
                else "belonged to a process that has exited")
@@ -167,6 +168,16 @@ def attach(name):
     if (magic, tag, size) != (_MAGIC, name.tag, name.size):
         raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
     return _adopt(buffer, name)
+
+
+def _open_creators_fd(name):
+    path = "/proc/%d/fd/%d" % (name.pid, name.fd)
+    try:
+        return os.open(path, os.O_RDWR)
+    except OSError as e:
+        if e.errno != errno.EMFILE or not _compat.raise_fd_limit():
+            raise
+    return os.open(path, os.O_RDWR)
 
 
 def _gone(name, why):

@@ -1,13 +1,18 @@
 """Raw spans of process-shared memory: where they live and how they are mapped.
 
-A span is a ctypes byte array on CPython's ``multiprocessing.heap``, which is
-what ``sharedctypes.RawArray`` builds, minus its zero-fill of fresh pages.
-Small spans share the heap's arenas, so a hundred small arrays cost a few file
-descriptors.  A large span gets a ``heap.Arena`` of its own, so freeing it
-returns the memory at once on every Python (3.7's heap never frees an arena).
+On Linux every span is a file of its own in ``/dev/shm``, unlinked at
+creation and mapped ``MAP_SHARED``, like the arenas of CPython's
+``multiprocessing.heap`` that ``sharedctypes.RawArray`` uses, minus RawArray's
+zero-fill of pages that are fresh and zero already.  One file per span, not a
+slice of a shared arena, because other processes may map a span after its
+creator has let it go: an arena would hand that memory to the creator's next
+allocation under their feet.  The memory goes back to the system when the last
+process unmaps it, on every Python.
+
 The space is reserved up front with ``posix_fallocate``: a full ``/dev/shm``
-is a ``MemoryError`` at allocation, never a SIGBUS later.  Past ``/dev/shm``'s
-room a large span goes to a temporary directory on disk, with a warning.
+is a ``MemoryError`` at allocation, never a SIGBUS later.  A span that
+``/dev/shm`` has no room for goes to a temporary directory on disk, with a
+warning.  Elsewhere than Linux, spans come from ``multiprocessing.heap`` as is.
 """
 
 import ctypes
@@ -24,8 +29,6 @@ from . import _compat
 
 #: Start address alignment of every span.
 ALIGNMENT = 64
-#: Spans at least this large get an arena of their own.
-LARGE = 1 << 20
 
 _SHM_DIR = "/dev/shm"
 
@@ -35,61 +38,45 @@ class SharedMemoryWarning(RuntimeWarning):
 
 
 def allocate(size, zero=False):
-    """Return ``(buffer, fd, offset)``: a ctypes byte array of ``size`` bytes
-    at a 64-byte-aligned address, and where it lies in the file ``fd`` (``-1``
-    where the platform names arenas otherwise).  Raises ``MemoryError`` when the
-    space cannot be reserved."""
-    padded = size + ALIGNMENT - 1
-    if padded >= LARGE and _compat.LINUX:
-        wrapper, fresh = _own_arena(padded), True
-    else:
-        wrapper, fresh = heap.BufferWrapper(padded), False
-    (arena, start, _), _ = wrapper._state
-    fd = getattr(arena, "fd", -1)
-    view = wrapper.create_memoryview()
-    pad = -_address(view) % ALIGNMENT
-    buffer = (ctypes.c_byte * size).from_buffer(view, pad)
-    buffer._wrapper = wrapper  # as sharedctypes.rebuild_ctype does: frees on collection
-    if not fresh and fd >= 0:
-        _reserve(fd, start + pad, size)
-    if zero and not fresh and size:
-        ctypes.memset(ctypes.addressof(buffer), 0, size)
-    return buffer, fd, start + pad
-
-
-def _address(view):
-    return ctypes.addressof(ctypes.c_byte.from_buffer(view))
-
-
-def _own_arena(size):
-    """A BufferWrapper covering a fresh, reserved arena of its own."""
-    size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
-    fd = _reserved_file(size)
+    """Return ``(buffer, fd, offset)``: a ctypes byte array of ``size`` bytes at
+    a 64-byte-aligned address, and where it lies in the file ``fd`` (``-1``
+    where the platform names memory otherwise).  Raises ``MemoryError`` when
+    the space cannot be reserved."""
+    if not _compat.LINUX:
+        return _from_heap(size, zero)
+    fd = _reserved_file(max(size, 1))
     try:
-        arena = heap.Arena(size, fd)
+        buffer = map_file(fd, 0, size, owns_fd=True)
     except BaseException:
         os.close(fd)
         raise
-    util.Finalize(arena, os.close, (fd,))
-    wrapper = heap.BufferWrapper.__new__(heap.BufferWrapper)
-    wrapper._state = ((arena, 0, size), size)
-    return wrapper
+    return buffer, fd, 0
+
+
+def _from_heap(size, zero):
+    wrapper = heap.BufferWrapper(size + ALIGNMENT - 1)
+    view = wrapper.create_memoryview()
+    pad = -ctypes.addressof(ctypes.c_byte.from_buffer(view)) % ALIGNMENT
+    buffer = (ctypes.c_byte * size).from_buffer(view, pad)
+    buffer._wrapper = wrapper  # as sharedctypes.rebuild_ctype does: freed with it
+    if zero and size:
+        ctypes.memset(ctypes.addressof(buffer), 0, size)
+    return buffer, -1, 0
 
 
 def _reserved_file(size):
-    """An unlinked file of ``size`` reserved bytes: in /dev/shm when it has room,
-    else on disk."""
+    """The descriptor of an unlinked file of ``size`` reserved bytes: in
+    /dev/shm when it has room, else on disk."""
     shm = _free_space(_SHM_DIR) >= size
     directory = _SHM_DIR if shm else util.get_temp_dir()
-    for attempt in (0, 1):
-        fd, name = tempfile.mkstemp(prefix="shmpool-%d-" % os.getpid(), dir=directory)
-        os.unlink(name)
+    while True:
+        fd = _unlinked_file(directory)
         try:
             _reserve(fd, 0, size, directory)
             os.ftruncate(fd, size)
         except MemoryError:
             os.close(fd)
-            if attempt or directory != _SHM_DIR:
+            if directory != _SHM_DIR:
                 raise
             directory, shm = util.get_temp_dir(), False
             continue
@@ -98,6 +85,19 @@ def _reserved_file(size):
             raise
         if not shm:
             _warn_disk(size, directory)
+        return fd
+
+
+def _unlinked_file(directory):
+    # Named as CPython's heap names its arenas; gone from the directory at once.
+    for attempt in (0, 1):
+        try:
+            fd, name = tempfile.mkstemp(prefix="pym-%d-" % os.getpid(), dir=directory)
+        except OSError as e:
+            if e.errno == errno.EMFILE and not attempt and _compat.raise_fd_limit():
+                continue
+            raise
+        os.unlink(name)
         return fd
 
 
@@ -159,12 +159,12 @@ if _libc is not None:
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def map_file(fd, offset, size):
+def map_file(fd, offset, size, owns_fd=False):
     """Map ``size`` bytes of ``fd`` at ``offset`` as a ctypes byte array.
 
     Unlike ``mmap.mmap`` (before 3.13) this keeps no duplicate descriptor, so a
-    process can hold thousands of blocks; the mapping is undone when the array
-    is collected."""
+    process can hold thousands of blocks.  The mapping is undone, and with
+    ``owns_fd`` the descriptor closed, when the array is collected."""
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     length = max(offset - start + size, 1)
     address = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE,
@@ -175,18 +175,20 @@ def map_file(fd, offset, size):
             raise MemoryError("shmpool: cannot map %s of shared memory" % _human(size))
         raise OSError(e, os.strerror(e))
     buffer = (ctypes.c_byte * size).from_address(address + offset - start)
-    _unmap_when_collected(buffer, address, length)
+    _release_when_collected(buffer, address, length, fd if owns_fd else -1)
     return buffer
 
 
-_keep = {}
+_finalizers = {}
 
 
-def _unmap_when_collected(buffer, address, length):
-    def unmap(ref):
-        _keep.pop(id(ref), None)
+def _release_when_collected(buffer, address, length, fd):
+    def release(ref):
+        _finalizers.pop(id(ref), None)
         _libc.munmap(address, length)
+        if fd >= 0:
+            os.close(fd)
 
-    ref = weakref.ref(buffer, unmap)
-    _keep[id(ref)] = ref
+    ref = weakref.ref(buffer, release)
+    _finalizers[id(ref)] = ref
 

@@ -27,6 +27,7 @@ queues, handler threads, worker loop and ``maxtasksperchild`` replacement (the
 initializer runs in every replacement worker, so they get the arrays too).
 """
 
+import functools
 from multiprocessing import pool as _mp_pool
 
 import numpy as np
@@ -56,6 +57,14 @@ class SharedArrayPool(_mp_pool.Pool):
             processes, worker.initialize, (references, initializer, initargs),
             maxtasksperchild, context)
 
+    def _setup_queues(self):
+        # As Pool._setup_queues (3.7 to 3.13), with queues that survive a
+        # shared array that can no longer be reached.
+        self._inqueue = worker.TaskQueue(ctx=self._ctx)
+        self._outqueue = self._ctx.SimpleQueue()
+        self._quick_put = self._inqueue._writer.send
+        self._quick_get = functools.partial(_receive_result, self._outqueue._reader)
+
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
         return super(SharedArrayPool, self).apply_async(
             pickling.portable(func), args, kwds, callback, error_callback)
@@ -74,6 +83,16 @@ class SharedArrayPool(_mp_pool.Pool):
     def imap_unordered(self, func, iterable, chunksize=1):
         return super(SharedArrayPool, self).imap_unordered(
             pickling.portable(func), iterable, chunksize)
+
+
+def _receive_result(reader):
+    """The result thread's ``get``: a result whose shared array cannot be reached
+    becomes that error, instead of an exception that would end the thread."""
+    with reduction.tolerant() as failures:
+        result = reader.recv()
+    if failures and result is not None:
+        result = (result[0], result[1], (False, failures[0]))
+    return result
 
 
 def _shared(arrays):

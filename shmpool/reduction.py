@@ -9,28 +9,45 @@ queues, ``Process`` arguments, ``Queue``, ``Pipe``) to send shared arrays this
 way; arrays that are not shared, and plain ``pickle.dumps``, are untouched.
 """
 
+import contextlib
+import os
 import pickle
+import threading
 
 import numpy as np
 from multiprocessing.reduction import ForkingPickler
 
-from . import blocks, ndarrays
+from . import blocks, inflight, ndarrays
 
 
-def reference(a):
-    """The reference tuple for a shared ndarray ``a``, or None if not shared."""
+def reference(a, hold=False):
+    """The arguments of ``rebuild`` for a shared ndarray ``a``, or None if ``a``
+    is not shared.  With ``hold``, a block this process created stays alive
+    until the reference is received (see ``inflight``)."""
     where = ndarrays.locate(a)
     if where is None:
         return None
     buffer, offset = where
-    return (blocks.block_of(buffer).name, offset, a.shape, a.strides, a.dtype,
-            a.flags.writeable, type(a))
+    name = blocks.block_of(buffer).name
+    ack = inflight.hold(buffer) if hold and name.pid == os.getpid() else None
+    return (tuple(name), offset, a.shape, a.strides, a.dtype, a.flags.writeable,
+            type(a), ack)
 
 
-def rebuild(name, offset, shape, strides, dtype, writeable, cls):
+def rebuild(name, offset, shape, strides, dtype, writeable, cls, ack=None):
     """The view that ``reference`` described, on this process's mapping of the
-    block.  Raises ``blocks.BlockUnavailable`` if the block is gone."""
-    buffer = blocks.attach(blocks.Name(*name))
+    block.  Raises ``blocks.BlockUnavailable`` if the block is gone, except
+    inside ``tolerant()``."""
+    try:
+        buffer = blocks.attach(blocks.Name(*name))
+    except blocks.BlockUnavailable as e:
+        failures = getattr(_local, "failures", None)
+        if failures is None:
+            raise
+        failures.append(e)
+        return None
+    if ack is not None:
+        inflight.acknowledge(*ack)
     a = ndarrays.view(buffer, offset, shape, strides, dtype)
     if not writeable:
         a.flags.writeable = False
@@ -39,11 +56,27 @@ def rebuild(name, offset, shape, strides, dtype, writeable, cls):
     return a
 
 
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def tolerant():
+    """Within this block a reference that cannot be rebuilt becomes None and its
+    error is appended to the yielded list, instead of raising: the pool's worker
+    loop and result thread survive only OSError and EOFError."""
+    outer = getattr(_local, "failures", None)
+    _local.failures = failures = []
+    try:
+        yield failures
+    finally:
+        _local.failures = outer
+
+
 def _reduce(a):
-    ref = reference(a)
+    ref = reference(a, hold=True)
     if ref is None:
         return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
-    return rebuild, (tuple(ref[0]),) + ref[1:]
+    return rebuild, ref
 
 
 def register():

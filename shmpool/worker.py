@@ -1,10 +1,8 @@
 """The worker's side of a pool: receive the shared arrays, then run the user's
 initializer.  ``shmpool.arrays`` is the worker's read-only view of them."""
 
-try:
-    from collections.abc import Mapping
-except ImportError:  # pragma: no cover
-    from collections import Mapping
+from collections.abc import Mapping
+from multiprocessing.queues import SimpleQueue
 
 from . import reduction
 
@@ -46,3 +44,20 @@ def initialize(references, initializer, initargs):
     arrays._arrays = {name: reduction.rebuild(*ref) for name, ref in references}
     if initializer is not None:
         initializer(*initargs)
+
+
+class TaskQueue(SimpleQueue):
+    """The pool's task queue.  A task whose shared array cannot be reached
+    becomes a task that raises why, instead of an exception that would kill
+    the worker loop and lose the task."""
+
+    def get(self):
+        with reduction.tolerant() as failures:
+            task = super(TaskQueue, self).get()
+        if failures and task is not None:
+            task = (task[0], task[1], _raise, (failures[0],), {})
+        return task
+
+
+def _raise(error):
+    raise error

@@ -1,10 +1,11 @@
-"""Every pool behaviour in pool_cases, under the 'fork' start method."""
+"""Every behaviour in pool_cases and reference_cases, under the 'fork' start method."""
 
 import multiprocessing
 
 import pytest
 
 import pool_cases
+import reference_cases
 
 pytestmark = pytest.mark.skipif(
     "fork" not in multiprocessing.get_all_start_methods(),
@@ -12,4 +13,8 @@ pytestmark = pytest.mark.skipif(
 
 
 class TestPoolFork(pool_cases.PoolCases):
+    start_method = "fork"
+
+
+class TestReferencesFork(reference_cases.ReferenceCases):
     start_method = "fork"

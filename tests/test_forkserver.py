@@ -1,10 +1,11 @@
-"""Every pool behaviour in pool_cases, under the 'forkserver' start method."""
+"""Every behaviour in pool_cases and reference_cases, under the 'forkserver' start method."""
 
 import multiprocessing
 
 import pytest
 
 import pool_cases
+import reference_cases
 
 pytestmark = pytest.mark.skipif(
     "forkserver" not in multiprocessing.get_all_start_methods(),
@@ -12,4 +13,8 @@ pytestmark = pytest.mark.skipif(
 
 
 class TestPoolForkserver(pool_cases.PoolCases):
+    start_method = "forkserver"
+
+
+class TestReferencesForkserver(reference_cases.ReferenceCases):
     start_method = "forkserver"

@@ -2,7 +2,6 @@
 
 import ctypes
 import gc
-import mmap
 import os
 import warnings
 
@@ -82,14 +81,26 @@ def test_float16_where_ctypeslib_fails():
     assert a.dtype == np.float16 and a[10] == 1
 
 
-def test_memory_is_a_ctypes_byte_array_on_the_heap():
-    for size in (10, memory.LARGE * 3):
-        root = base_ctypes(shmpool.empty(size, np.uint8))
+def mapped_file(address):
+    """The file behind the mapping that holds ``address`` in /proc/self/maps."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(None, 5)
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= address < hi:
+                return fields[5].strip() if len(fields) > 5 else ""
+
+
+def test_memory_is_a_ctypes_byte_array_on_an_unlinked_shm_file():
+    for size in (10, 3 << 20):
+        a = shmpool.empty(size, np.uint8)
+        root = base_ctypes(a)
         assert isinstance(root, ctypes.Array) and root._type_ is ctypes.c_byte
-        assert type(root._wrapper).__module__ == "multiprocessing.heap"
+        where = mapped_file(a.__array_interface__["data"][0])
+        assert where.startswith("/dev/shm/pym-") and where.endswith("(deleted)")
 
 
-@pytest.mark.parametrize("size", [0, 1, 63, 1000, 3 * memory.LARGE])
+@pytest.mark.parametrize("size", [0, 1, 63, 1000, 3 << 20])
 def test_aligned_to_64_bytes(size):
     for _ in range(5):
         a = shmpool.empty(size, np.uint8)
@@ -199,11 +210,14 @@ def test_memory_returned_when_last_view_dies():
     assert shm_used() - before < (1 << 20)
 
 
-def test_small_blocks_share_arenas():
+def test_each_block_holds_one_descriptor_until_collected():
     fds = len(os.listdir("/proc/self/fd"))
     keep = [shmpool.zeros(100, np.float16) for _ in range(500)]
-    assert len(os.listdir("/proc/self/fd")) - fds < 20
+    assert len(os.listdir("/proc/self/fd")) - fds == 500
     assert all(shmpool.is_shared(k) for k in keep)
+    del keep
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 def test_spill_to_disk_warns_once(monkeypatch):
@@ -211,11 +225,11 @@ def test_spill_to_disk_warns_once(monkeypatch):
     monkeypatch.setattr(memory, "_warned", memory.threading.Event())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        a = shmpool.zeros(2 * memory.LARGE, np.float32)
-        b = shmpool.zeros(2 * memory.LARGE, np.float32)
+        a = shmpool.zeros(2 << 20, np.float32)
+        b = shmpool.zeros(2 << 20, np.float32)
     msgs = [w for w in caught if issubclass(w.category, shmpool.SharedMemoryWarning)]
     assert len(msgs) == 1
     assert "8.0 MiB" in str(msgs[0].message) and "disk" in str(msgs[0].message)
     a[:] = 1
-    assert a.sum() == 2 * memory.LARGE and not b.any()
-    assert mmap.PAGESIZE  # the arena is a real mapping
+    assert a.sum() == 2 << 20 and not b.any()
+    assert "/dev/shm" not in mapped_file(a.__array_interface__["data"][0])

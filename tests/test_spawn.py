@@ -1,10 +1,11 @@
-"""Every pool behaviour in pool_cases, under the 'spawn' start method."""
+"""Every behaviour in pool_cases and reference_cases, under the 'spawn' start method."""
 
 import multiprocessing
 
 import pytest
 
 import pool_cases
+import reference_cases
 
 pytestmark = pytest.mark.skipif(
     "spawn" not in multiprocessing.get_all_start_methods(),
@@ -12,4 +13,8 @@ pytestmark = pytest.mark.skipif(
 
 
 class TestPoolSpawn(pool_cases.PoolCases):
+    start_method = "spawn"
+
+
+class TestReferencesSpawn(reference_cases.ReferenceCases):
     start_method = "spawn"

@@ -1,0 +1,281 @@
+"""Shared arrays travel as references wherever multiprocessing pickles them,
+written once; test_fork/spawn/forkserver run it under their start method."""
+
+import gc
+import multiprocessing
+import os
+import pickle
+import time
+from multiprocessing.reduction import ForkingPickler
+
+import numpy as np
+import pytest
+
+import shmpool
+from shmpool import SharedArrayPool, blocks, inflight
+
+from conftest import open_fds, shm_used
+
+
+def views_of(base):
+    """Every kind of view the API names, of a shared 2-d float64 array."""
+    rec = base.view([("a", "<f8"), ("b", "<f8")])
+    return {
+        "whole": base,
+        "slice": base[2:5],
+        "step": base[::3, ::2],
+        "reversed": base[::-1],
+        "reshape": base.reshape(-1),
+        "transpose": base.T,
+        "dtype": base.view(np.int64),
+        "field": rec["b"],
+        "recarray": rec.view(np.recarray),
+        "memmap": base.view(np.memmap),
+        "empty": base[3:3],
+        "scalar": base[1, 1:2].reshape(()),
+    }
+
+
+# -- functions run in workers and children ----------------------------------------------
+
+
+def mark(view, value):
+    """Write through the view that arrived; report what arrived."""
+    if view.size:
+        view.flat[0] = value
+    return type(view).__name__, view.shape, view.flags.writeable, shmpool.is_shared(view)
+
+
+def give_back(view):
+    return view
+
+
+def first_row_view():
+    return shmpool.arrays["x"][0]
+
+
+def make_array(n):
+    a = shmpool.empty(n, np.int32)
+    a[:] = np.arange(n) * n
+    return a
+
+
+def unpickle(payload):
+    return pickle.loads(payload)
+
+
+class Pickled(object):
+    """Travels as bytes that the receiver unpickles while unpickling it."""
+
+    def __init__(self, payload):
+        self.payload = payload
+
+    def __reduce__(self):
+        return unpickle, (self.payload,)
+
+
+def child_marks(conn, views):
+    """Write through each view in turn; the parent checks each write."""
+    for name, v in sorted(views.items()):
+        mark(v, 42.0)
+        conn.send(name)
+        conn.recv()
+    conn.close()
+
+
+def child_counts_fds(conn, n):
+    v = conn.recv()  # the first one maps the sender's ack page
+    del v
+    gc.collect()
+    before = open_fds()
+    for _ in range(n - 1):
+        v = conn.recv()
+        assert v[0] == 7.0
+        del v
+    gc.collect()
+    conn.send((before, open_fds()))
+    conn.close()
+
+
+def child_sends_own_block(conn):
+    a = shmpool.zeros(1000, np.float32)
+    conn.send_bytes(ForkingPickler.dumps(a[10:20]))
+    conn.close()
+
+
+def child_queue_echo(q_in, q_out):
+    v = q_in.get()
+    v[0] = -1.0
+    q_out.put(v[1:])
+
+
+class ReferenceCases(object):
+    start_method = None
+
+    @property
+    def ctx(self):
+        return multiprocessing.get_context(self.start_method)
+
+    def pool(self, *args, **kwds):
+        kwds.setdefault("context", self.ctx)
+        return SharedArrayPool(*args, **kwds)
+
+    def test_big_array_costs_a_few_hundred_bytes_per_task(self):
+        X = shmpool.zeros((50, 500000), np.float64)  # 200 MB, made outside the pool
+        sent = []
+
+        class CountingPool(SharedArrayPool):
+            def _setup_queues(self):
+                SharedArrayPool._setup_queues(self)
+                send_bytes = self._inqueue._writer.send_bytes
+
+                def put(obj):
+                    data = ForkingPickler.dumps(obj)
+                    sent.append(len(data))
+                    send_bytes(data)
+                self._quick_put = put
+
+        with CountingPool(2, context=self.ctx) as pool:
+            got = pool.starmap(mark, [(X[i], i + 1.0) for i in range(50)], chunksize=1)
+        tasks = sent[:50]
+        assert len(tasks) == 50 and max(tasks) < 1000, tasks
+        assert got == [("ndarray", (500000,), True, True)] * 50
+        assert X[:, 0].tolist() == [i + 1.0 for i in range(50)]
+
+    def test_every_view_arrives_as_a_view_in_tasks_and_results(self):
+        base = shmpool.zeros((6, 4), np.float64)
+        views = views_of(base)
+        with self.pool(2) as pool:
+            for i, (name, v) in enumerate(sorted(views.items())):
+                kind, shape, writeable, shared = pool.apply(mark, (v, i + 100.0))
+                assert (kind, shape, writeable, shared) == (
+                    type(v).__name__, v.shape, True, True), name
+                if v.size:  # the write is seen here
+                    first = v.flat[0]
+                    assert (first[0] if v.dtype.names else first) == i + 100.0, name
+                back = pool.apply(give_back, (v,))
+                assert type(back) is type(v) and back.shape == v.shape, name
+                assert back.strides == v.strides and back.dtype == v.dtype, name
+                assert back.__array_interface__["data"][0] == \
+                    v.__array_interface__["data"][0], name
+
+    def test_read_only_stays_read_only(self):
+        a = shmpool.zeros(10)
+        ro = a[2:]
+        ro.flags.writeable = False
+        with self.pool(1) as pool:
+            assert pool.apply(give_back, (ro[:2],)).flags.writeable is False
+            with pytest.raises(ValueError, match="read-only"):
+                pool.apply(mark, (ro, 1.0))
+        assert a.sum() == 0
+
+    def test_result_views_of_pool_arrays(self):
+        with self.pool(2, arrays={"x": np.arange(12.0).reshape(3, 4)}) as pool:
+            row = pool.apply(first_row_view)
+            assert np.shares_memory(row, pool.arrays["x"])
+            row[:] = -1
+            assert pool.arrays["x"][0].tolist() == [-1] * 4
+
+    def test_array_made_after_pool_started(self):
+        with self.pool(2) as pool:
+            pool.apply(time.sleep, (0,))  # workers are up
+            late = shmpool.zeros(100, np.float16)
+            assert pool.apply(mark, (late[50:], 3.0))[3] is True
+            assert late[50] == 3.0
+
+    def test_arrays_made_in_workers_come_back(self):
+        with self.pool(2) as pool:
+            for n, a in zip(range(1, 201), pool.imap(make_array, range(1, 201))):
+                assert shmpool.is_shared(a) and a.tolist() == (np.arange(n) * n).tolist()
+
+    def test_process_args_and_pipe(self):
+        base = shmpool.zeros((6, 4), np.float64)
+        views = views_of(base)
+        del views["scalar"], views["empty"]
+        parent, child = self.ctx.Pipe()
+        p = self.ctx.Process(target=child_marks, args=(child, views))
+        p.start()
+        for name in sorted(views):
+            assert parent.recv() == name
+            first = views[name].flat[0]
+            assert (first[0] if views[name].dtype.names else first) == 42.0, name
+            parent.send("next")
+        p.join(30)
+        assert p.exitcode == 0
+
+    def test_queue_round_trip(self):
+        a = shmpool.zeros(10, np.float32)
+        q_in, q_out = self.ctx.Queue(), self.ctx.Queue()
+        p = self.ctx.Process(target=child_queue_echo, args=(q_in, q_out))
+        p.start()
+        q_in.put(a)
+        back = q_out.get(timeout=30)
+        p.join(30)
+        assert a[0] == -1.0 and np.shares_memory(back, a) and back.shape == (9,)
+
+    def test_ten_thousand_references_leak_no_fds(self):
+        blocks_ = [shmpool.zeros(8) for _ in range(3)]
+        big = shmpool.zeros(3 << 20, np.uint8)  # its own arena
+        for b in blocks_:
+            b[0] = 7.0
+        parent, child = self.ctx.Pipe()
+        p = self.ctx.Process(target=child_counts_fds, args=(child, 10001))
+        p.start()
+        big_view = big.view(np.float64)
+        big_view[0] = 7.0
+        parent.send(big_view)  # the first one sets up this process's ack page
+        gc.collect()
+        before = open_fds()
+        for i in range(10000):
+            parent.send((blocks_ + [big_view])[i % 4][:4])
+        child_before, child_after = parent.recv()
+        p.join(30)
+        gc.collect()
+        assert open_fds() == before
+        assert child_after == child_before
+
+    def test_plain_pickle_still_copies_data(self):
+        a = shmpool.zeros(1 << 20, np.uint8)
+        assert len(pickle.dumps(a)) > 1 << 20
+        assert len(ForkingPickler.dumps(a)) < 1000
+        assert not shmpool.is_shared(pickle.loads(pickle.dumps(a)))
+
+    def test_unsent_references_leak_nothing(self, monkeypatch):
+        monkeypatch.setattr(inflight, "HOLD_SECONDS", 0.2)
+        before_fds, before_shm = open_fds(), shm_used()
+        a = shmpool.zeros(32 << 20, np.uint8)
+        for _ in range(1000):
+            ForkingPickler.dumps(a[100:200])
+        del a
+        time.sleep(0.3)
+        gc.collect()
+        gc.collect()
+        assert open_fds() == before_fds
+        assert shm_used() - before_shm < 4 << 20
+
+    def test_block_of_exited_process_is_a_clear_error(self):
+        parent, child = self.ctx.Pipe()
+        p = self.ctx.Process(target=child_sends_own_block, args=(child,))
+        p.start()
+        payload = parent.recv_bytes()
+        p.join(30)
+        with pytest.raises(shmpool.BlockUnavailable, match="exited"):
+            pickle.loads(payload)
+        with self.pool(1) as pool:  # in a task and in a result: an error, no hang
+            with pytest.raises(shmpool.BlockUnavailable, match="exited"):
+                pool.apply(give_back, (Pickled(payload),))
+            with pytest.raises(shmpool.BlockUnavailable, match="exited"):
+                pool.apply(unpickle, (payload,))
+            with pytest.raises(shmpool.BlockUnavailable, match="exited"):
+                pool.map(give_back, [1, Pickled(payload), 3])
+            assert pool.map(give_back, [1, 2]) == [1, 2]  # still usable
+
+    def test_freed_or_reused_block_is_never_a_wrong_view(self):
+        a = shmpool.zeros(100, np.float64)
+        name = blocks.block_of(shmpool.ndarrays.locate(a)[0]).name
+        reused = name._replace(serial=name.serial + 10**6, tag=name.tag ^ 1)
+        freed = name._replace(serial=name.serial + 10**6, fd=10**6)
+        with pytest.raises(shmpool.BlockUnavailable, match="reused"):
+            blocks.attach(reused)
+        with pytest.raises(shmpool.BlockUnavailable, match="freed"):
+            blocks.attach(freed)
