@@ -200,14 +200,26 @@ def child_main(argv):
     import multiprocessing.pool
     swapped = pool_swap.installed
     if variant != "baseline":
-        assert multiprocessing.pool.Pool is swapped, "swap not in place"
-        assert sys.modules["multiprocessing.pool"].Pool is swapped, "swap not in place"
+        assert vars(sys.modules["multiprocessing.pool"]).get("Pool") is swapped
+        assert vars(multiprocessing.pool).get("Pool") is swapped
         assert _suite.ProcessesMixin.Pool == multiprocessing.Pool
         _patch_script_helper(variant, log)
     selected = select_tests(module, _suite)
+    pool_class = swapped or pool_swap.original or vars(multiprocessing.pool)["Pool"]
     record(event="selected", tests=selected, python=sys.version.split()[0],
-           pool="%s.%s" % (multiprocessing.pool.Pool.__module__,
-                           multiprocessing.pool.Pool.__qualname__))
+           pool="%s.%s" % (pool_class.__module__, pool_class.__qualname__))
+    trace = args.results + ".trace"
+    os.environ[pool_swap.TRACE_ENV] = trace  # inherited by every child from now on
+
+    def lookups():
+        """(by this process, by others) in the trace so far."""
+        try:
+            with open(trace) as f:
+                pids = f.read().split()
+        except OSError:
+            pids = []
+        here = pids.count(str(os.getpid()))
+        return here, len(pids) - here
     ids = selected
     if args.tests:
         with open(args.tests) as f:
@@ -237,6 +249,7 @@ def child_main(argv):
             arm()
             self.outcome = ("pass", "")
             self.started = time.time()
+            self.lookups = lookups()
             log("%s ..." % short(test))
             record(event="start", test=short(test))
 
@@ -246,9 +259,11 @@ def child_main(argv):
             elapsed = time.time() - self.started
             # The pool this test used, where the class keeps one.
             pool = getattr(type(test), "pool", None)
+            here, elsewhere = lookups()
             record(event="end", test=short(test), outcome=outcome, details=details,
                    seconds=round(elapsed, 3),
-                   pool_class=type(pool).__name__ if pool is not None else None)
+                   pool_class=type(pool).__name__ if pool is not None else None,
+                   lookups=[here - self.lookups[0], elsewhere - self.lookups[1]])
             log("%s %s (%.2fs)" % (short(test), outcome, elapsed))
             if details and outcome != "skip":
                 sys.stderr.write(details)
@@ -304,14 +319,15 @@ def child_main(argv):
 # -- the orchestrator ----------------------------------------------------------
 
 class Outcome(object):
-    __slots__ = ("outcome", "details", "seconds", "attempts", "pool_class")
+    __slots__ = ("outcome", "details", "seconds", "attempts", "pool_class", "lookups")
 
-    def __init__(self, outcome, details="", seconds=0.0, pool_class=None):
+    def __init__(self, outcome, details="", seconds=0.0, pool_class=None, lookups=None):
         self.outcome = outcome  # pass, fail or skip
         self.details = details
         self.seconds = seconds
         self.attempts = 1
-        self.pool_class = pool_class
+        self.pool_class = pool_class  # the class of the test class's own pool
+        self.lookups = lookups or [0, 0]  # swapped Pool looked up: here, elsewhere
 
 
 class Run(object):
@@ -448,7 +464,7 @@ def _pass(run, opts, workdir, tests, exclude=()):
                 started, progress = e["test"], True
             elif kind == "end":
                 outcomes[e["test"]] = Outcome(e["outcome"], e["details"], e["seconds"],
-                                              e.get("pool_class"))
+                                              e.get("pool_class"), e.get("lookups"))
                 started = None
             elif kind == "fixture":
                 if e["outcome"] == "skip":  # setUpModule/setUpClass raised SkipTest
@@ -630,12 +646,23 @@ def report(runs, methods, variants, version, seconds):
             r = runs[(m, v)]
             base = runs.get((m, "baseline")) if v != "baseline" else None
             passed, failed, skipped, skips, failures = _counts(r, base)
+            expected = (r.pool or "?").rsplit(".", 1)[-1]
             observed = sorted(set(o.pool_class for o in r.results.values()
                                   if o.pool_class is not None))
-            if v != "baseline" and observed != [(r.pool or "?").rsplit(".", 1)[-1]]:
+            if v != "baseline" and observed and observed != [expected]:
                 failed += 1
                 failures.append(("swap check", "the suite's pools were %s, not only %s"
-                                 % (observed or "never seen", r.pool)))
+                                 % (observed, r.pool)))
+            # Every test that passed went through the swapped class: it looked it
+            # up (here, or in a child or fresh interpreter), or used its class's.
+            missed = sorted(t for t, o in r.results.items() if v != "baseline"
+                            and o.outcome == "pass" and not sum(o.lookups)
+                            and o.pool_class != expected)
+            for t in missed:
+                failed += 1
+                failures.append((t, "passed without going through %s: the swap did not "
+                                    "reach it" % r.pool))
+            elsewhere = sorted(t for t, o in r.results.items() if o.lookups[1])
             if r.selected is not None and runs[(m, variants[0])].selected is not None and \
                     set(r.selected) != set(runs[(m, variants[0])].selected):
                 failed += 1
@@ -643,6 +670,9 @@ def report(runs, methods, variants, version, seconds):
             out.append("%s: %d passed, %d failed, %d skipped" % (m, passed, failed, skipped))
             out.append("    %d tests selected, %.1f s, multiprocessing.pool.Pool was %s"
                        % (len(r.selected or ()), r.seconds, r.pool))
+            if elsewhere:
+                out.append("    used in child processes or fresh interpreters by: %s"
+                           % ", ".join(t.split(".")[-1] for t in elsewhere))
             for t, reason in skips:
                 out.append("    skipped %s: %s" % (t, reason))
             for t, first in sorted(r.flaky.items()):

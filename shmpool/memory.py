@@ -183,11 +183,12 @@ _finalizers = {}
 
 
 def _release_when_collected(buffer, address, length, fd):
-    def release(ref):
-        _finalizers.pop(id(ref), None)
-        _libc.munmap(address, length)
+    # Bound now: at interpreter shutdown module globals may already be None.
+    def release(ref, munmap=_libc.munmap, close=os.close, forget=_finalizers.pop):
+        forget(id(ref), None)
+        munmap(address, length)
         if fd >= 0:
-            os.close(fd)
+            close(fd)
 
     ref = weakref.ref(buffer, release)
     _finalizers[id(ref)] = ref

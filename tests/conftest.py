@@ -9,12 +9,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def shm_used():
-    """Bytes in use on /dev/shm, unlinked-but-open files included."""
+    """Bytes in use on /dev/shm, unlinked-but-open files included, once garbage
+    from earlier tests is collected."""
+    gc.collect()
     st = os.statvfs("/dev/shm")
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def open_fds():
+    gc.collect()
     return len(os.listdir("/proc/self/fd"))
 
 

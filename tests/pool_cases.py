@@ -212,6 +212,7 @@ class PoolCases(object):
             self.pool(1, initializer=3)
 
     def test_memory_returned_after_pool_and_views(self):
+        gc.collect()
         before = shm_used()
         x = np.ones(64 << 20, np.uint8)
         with self.pool(2, arrays={"x": x}) as pool:
