@@ -443,6 +443,19 @@ def _tail(path, lines=40):
     return "\n".join(text.splitlines()[-lines:] if lines else text.splitlines())
 
 
+def _stacks(logfile):
+    """The watchdog's dump of the stacks, else the log's tail."""
+    text = _tail(logfile, None)
+    at = text.rfind("Timeout (")
+    if at < 0:
+        return _tail(logfile)
+    lines = text[at:].splitlines()
+    end = next((i for i, line in enumerate(lines) if i and line
+                and not line.startswith(("  File", "Thread ", "Current thread", "Stack"))),
+               len(lines))
+    return "\n".join(lines[:min(end, 60)])
+
+
 def _pass(run, opts, workdir, tests, exclude=()):
     """Run ``tests`` (None: all selected but ``exclude``) to the end, resuming in
     a new test process after a hang or a crash.  Returns ({id: Outcome}, fixture
@@ -482,7 +495,8 @@ def _pass(run, opts, workdir, tests, exclude=()):
         why = ("hung: ended by the %g s watchdog" % opts.timeout
                if "Timeout (" in _tail(logfile, 400) else "test process died (exit %s)" % code)
         if started is not None:
-            outcomes[started] = Outcome("fail", "%s; log %s:\n%s" % (why, logfile, _tail(logfile)))
+            outcomes[started] = Outcome("fail", "%s; log %s:\n%s"
+                                        % (why, logfile, _stacks(logfile)))
         else:
             fixtures.append(("test process, outside any test: %s" % why, _tail(logfile)))
         todo = [t for t in todo if t not in outcomes]

@@ -16,6 +16,38 @@ def shm_used():
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
+def shm_file(a):
+    """(device, inode) of the /dev/shm file behind a shared array."""
+    from shmpool import blocks, ndarrays
+
+    fd = blocks.block_of(ndarrays.locate(a)[0]).name.fd
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def file_in_use(dev_ino):
+    """Whether any process on the machine still maps or holds open the file:
+    its memory is returned to the system exactly when none does."""
+    dev, ino = dev_ino
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/maps" % pid) as maps:
+                for line in maps:
+                    fields = line.split()
+                    if len(fields) > 5 and fields[4] == str(ino) and "pym-" in fields[5]:
+                        return True
+            for fd in os.listdir("/proc/%s/fd" % pid):
+                try:
+                    st = os.stat("/proc/%s/fd/%s" % (pid, fd))
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) == (dev, ino):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
 def open_fds():
     gc.collect()
     return len(os.listdir("/proc/self/fd"))

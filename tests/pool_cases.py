@@ -14,7 +14,7 @@ import pytest
 import shmpool
 from shmpool import SharedArrayPool
 
-from conftest import run_script, shm_used
+from conftest import file_in_use, run_script, shm_file
 from test_memory import DTYPES, sample, same
 
 # -- task functions (module level, so that spawn can import them) --------------------
@@ -212,19 +212,16 @@ class PoolCases(object):
             self.pool(1, initializer=3)
 
     def test_memory_returned_after_pool_and_views(self):
-        gc.collect()
-        before = shm_used()
-        x = np.ones(64 << 20, np.uint8)
-        with self.pool(2, arrays={"x": x}) as pool:
+        with self.pool(2, arrays={"x": np.ones(64 << 20, np.uint8)}) as pool:
             assert pool.apply(pid_and_sum, (0,))[1] == 64 << 20
             held = pool.arrays["x"][:10]
-        assert shm_used() - before >= 64 << 20
+            block = shm_file(held)
         del pool
         gc.collect()
-        assert held.sum() == 10  # a user's view keeps it alive
+        assert file_in_use(block) and held.sum() == 10  # a user's view keeps it
         del held
         gc.collect()
-        assert shm_used() - before < 8 << 20
+        assert not file_in_use(block)
 
     def test_dropin_script_and_set_start_method(self):
         out = run_script("dropin.py", self.start_method)

@@ -14,7 +14,7 @@ import pytest
 import shmpool
 from shmpool import SharedArrayPool, blocks, inflight
 
-from conftest import open_fds, shm_used
+from conftest import file_in_use, open_fds, shm_file
 
 
 def views_of(base):
@@ -242,16 +242,16 @@ class ReferenceCases(object):
 
     def test_unsent_references_leak_nothing(self, monkeypatch):
         monkeypatch.setattr(inflight, "HOLD_SECONDS", 0.2)
-        before_fds, before_shm = open_fds(), shm_used()
+        before_fds = open_fds()
         a = shmpool.zeros(32 << 20, np.uint8)
+        block = shm_file(a)
         for _ in range(1000):
             ForkingPickler.dumps(a[100:200])
         del a
         time.sleep(0.3)
         gc.collect()
-        gc.collect()
         assert open_fds() == before_fds
-        assert shm_used() - before_shm < 4 << 20
+        assert not file_in_use(block)
 
     def test_block_of_exited_process_is_a_clear_error(self):
         parent, child = self.ctx.Pipe()

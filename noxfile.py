@@ -1,0 +1,47 @@
+"""The test matrix: every installed CPython from 3.7 to 3.13.
+
+    python -m nox -s tests-3.7 tests-3.13      # one session per Python
+    python -m nox -s tests-3.13 -- -m fork     # arguments after -- go to conformance/run.py
+    python -m nox -l                           # list the sessions
+
+A session installs the project (``pip install -e '.[test]'``), runs its own
+tests (``python -m pytest``), then CPython's multiprocessing Pool tests with
+SharedArrayPool (``python conformance/run.py``).  The interpreters are found as
+``python3.X`` on PATH, with pyenv's versions put in front of it here, so nothing
+needs to be set up by hand.  Virtualenvs go in ``.nox/``.
+"""
+
+import glob
+import os
+
+import nox
+
+PYTHONS = ["3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
+
+# pyenv's interpreters, without relying on a shell's PATH or shims.
+_pyenv = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+_bins = sorted(glob.glob(os.path.join(_pyenv, "versions", "3.*", "bin")))
+os.environ["PATH"] = os.pathsep.join(
+    _bins + [p for p in os.environ.get("PATH", "").split(os.pathsep) if p not in _bins])
+
+nox.options.sessions = ["tests"]
+nox.options.error_on_missing_interpreters = True
+
+
+# The stdlib's venv: made by the target interpreter itself, so 3.7 works
+# whatever virtualenv release nox brings.
+@nox.session(python=PYTHONS, venv_backend="venv")
+def tests(session):
+    """The project's tests, then the CPython conformance run."""
+    session.run("python", "-c", "import test._test_multiprocessing",
+                silent=True)  # this build ships the test package: else fail here
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q")
+    session.run("python", "conformance/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHONS, venv_backend="venv")
+def conformance(session):
+    """Only the CPython conformance run (arguments after -- go to it)."""
+    session.install("-e", ".")
+    session.run("python", "conformance/run.py", *session.posargs)
