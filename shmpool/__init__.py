@@ -6,6 +6,7 @@
     arrays                 in a pool's worker, the pool's arrays by name
     SharedMemoryWarning    shared memory spilled from /dev/shm to disk
     BlockUnavailable       a shared array's memory could no longer be reached
+    WorkerDied             a pool worker died during a task (the call raises it)
 
 Importing shmpool teaches ``multiprocessing``'s pickler to send shared arrays,
 and views of them, as small references to the same memory.
@@ -15,6 +16,7 @@ from .blocks import BlockUnavailable
 from .memory import SharedMemoryWarning
 from .ndarrays import copy, empty, is_shared, zeros
 from .pool import SharedArrayPool
+from .supervisor import WorkerDied
 from .reduction import register as _register
 from .worker import arrays
 
@@ -22,6 +24,7 @@ __all__ = [
     "BlockUnavailable",
     "SharedArrayPool",
     "SharedMemoryWarning",
+    "WorkerDied",
     "arrays",
     "copy",
     "empty",

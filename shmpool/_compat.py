@@ -1,5 +1,6 @@
 """What differs between the platforms and Pythons shmpool runs on, in one place."""
 
+import contextlib
 import mmap
 import os
 import sys
@@ -29,3 +30,11 @@ def raise_fd_limit():
         return False
     resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
     return True
+
+
+try:
+    nullcontext = contextlib.nullcontext
+except AttributeError:  # 3.7
+    @contextlib.contextmanager
+    def nullcontext():
+        yield

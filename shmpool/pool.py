@@ -28,11 +28,13 @@ initializer runs in every replacement worker, so they get the arrays too).
 """
 
 import functools
+import multiprocessing
+import os
 from multiprocessing import pool as _mp_pool
 
 import numpy as np
 
-from . import ndarrays, pickling, reduction, worker
+from . import ndarrays, pickling, reduction, supervisor, worker
 
 
 class SharedArrayPool(_mp_pool.Pool):
@@ -53,16 +55,30 @@ class SharedArrayPool(_mp_pool.Pool):
         shared = _shared(arrays)
         self.arrays = worker.ArrayMap(shared)
         references = [(name, reduction.reference(a)) for name, a in shared.items()]
+        ctx = context if context is not None else multiprocessing.get_context()
+        self._supervisor = supervisor.Supervisor(ctx)
+        # The last initarg is the supervisor, which Process below replaces with
+        # the worker's own status block.
         super(SharedArrayPool, self).__init__(
-            processes, worker.initialize, (references, initializer, initargs),
+            processes, worker.initialize,
+            (references, initializer, initargs, os.getpid(), self._supervisor),
             maxtasksperchild, context)
+        self._supervisor.start(self)
+
+    @staticmethod
+    def Process(*args, **kwds):
+        # Pool makes every worker here, replacements included.  3.8+ calls
+        # Process(ctx, target=worker, args=...), 3.7 Process(target=..., args=...).
+        ctx = args[0] if args else None
+        return kwds["args"][3][-1].process(ctx, kwds)
 
     def _setup_queues(self):
-        # As Pool._setup_queues (3.7 to 3.13), with queues that survive a
-        # shared array that can no longer be reached.
+        # As Pool._setup_queues (3.7 to 3.13), with queues that keep the
+        # worker's status (see supervisor) and survive a shared array that can
+        # no longer be reached.
         self._inqueue = worker.TaskQueue(ctx=self._ctx)
-        self._outqueue = self._ctx.SimpleQueue()
-        self._quick_put = self._inqueue._writer.send
+        self._outqueue = worker.ResultQueue(ctx=self._ctx)
+        self._quick_put = functools.partial(worker.send_task, self._inqueue._writer.send_bytes)
         self._quick_get = functools.partial(_receive_result, self._outqueue._reader)
 
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):

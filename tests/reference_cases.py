@@ -1,6 +1,7 @@
 """Shared arrays travel as references wherever multiprocessing pickles them,
 written once; test_fork/spawn/forkserver run it under their start method."""
 
+import functools
 import gc
 import multiprocessing
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import SharedArrayPool, blocks, inflight
+from shmpool import SharedArrayPool, blocks, inflight, worker
 
 from conftest import file_in_use, open_fds, shm_file
 
@@ -129,11 +130,10 @@ class ReferenceCases(object):
                 SharedArrayPool._setup_queues(self)
                 send_bytes = self._inqueue._writer.send_bytes
 
-                def put(obj):
-                    data = ForkingPickler.dumps(obj)
+                def counting(data):
                     sent.append(len(data))
                     send_bytes(data)
-                self._quick_put = put
+                self._quick_put = functools.partial(worker.send_task, counting)
 
         with CountingPool(2, context=self.ctx) as pool:
             got = pool.starmap(mark, [(X[i], i + 1.0) for i in range(50)], chunksize=1)
@@ -231,8 +231,8 @@ class ReferenceCases(object):
         child_before, child_after = parent.recv()
         p.join(30)
         gc.collect()
-        assert open_fds() == before
-        assert child_after == child_before
+        assert open_fds() <= before  # (earlier tests' garbage may close some)
+        assert child_after <= child_before
 
     def test_plain_pickle_still_copies_data(self):
         a = shmpool.zeros(1 << 20, np.uint8)

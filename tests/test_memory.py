@@ -192,7 +192,7 @@ def test_too_large_is_memory_error_up_front():
         warnings.simplefilter("ignore", memory.SharedMemoryWarning)
         with pytest.raises(MemoryError, match="cannot reserve"):
             shmpool.empty(too_big, np.uint8)
-    assert open_fds() == fds  # nothing half-made is kept
+    assert open_fds() <= fds  # nothing half-made is kept
 
 
 def test_memory_returned_when_last_view_dies():

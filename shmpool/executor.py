@@ -1,0 +1,160 @@
+"""SharedArrayExecutor: ``concurrent.futures.ProcessPoolExecutor`` whose workers
+share numpy arrays, as ``SharedArrayPool`` does for ``multiprocessing.Pool``::
+
+    import multiprocessing
+    import numpy as np
+    import shmpool
+    from shmpool.executor import SharedArrayExecutor
+
+    def scale(i):
+        x = shmpool.arrays["x"]              # in a worker: a view of the same memory
+        x[i] *= 2                            # written in place, seen by everyone
+        return float(x[i])
+
+    if __name__ == "__main__":
+        x = np.arange(8, dtype=np.float16)
+        with SharedArrayExecutor(2, mp_context=multiprocessing.get_context("spawn"),
+                                 arrays={"x": x}) as ex:
+            print(ex.submit(scale, 1).result())        # 2.0
+            print(list(ex.map(lambda i: -i, range(3))))  # [0, -1, -2]
+        print(ex.arrays["x"][:3])                       # [0. 2. 2.]
+
+The arrays reach each worker through the executor's worker initializer
+(``shmpool.worker.initialize``, which also ends the worker if the parent dies),
+before the user's own ``initializer`` runs, in replacement workers too.
+Functions given to ``submit`` and ``map`` go through ``shmpool.pickling.portable``,
+so lambdas and closures work.  Shared arrays, and views of them, passed as
+arguments or returned as results travel as small references (multiprocessing's
+pickler sends them so once ``shmpool`` is imported); a reference whose memory can
+no longer be reached becomes that ``BlockUnavailable`` error on its future, and
+the executor stays usable.
+
+Everything else is ``ProcessPoolExecutor`` unchanged, including its default
+``mp_context``, which differs between Python versions (and with
+``max_tasks_per_child``): pass one explicitly for predictable behaviour.
+"""
+
+import functools
+import os
+from concurrent.futures import process as _process
+
+from . import pickling, reduction, worker
+from .pool import _shared
+
+__all__ = ["SharedArrayExecutor"]
+
+
+class SharedArrayExecutor(_process.ProcessPoolExecutor):
+    """A ``concurrent.futures.ProcessPoolExecutor`` whose workers see ``arrays``
+    as ``shmpool.arrays``: zero-copy views of the same shared memory.
+
+    ``arrays`` maps names to ndarrays; an array already on shared memory is used
+    as it is, any other is copied there once.  ``ex.arrays`` is the parent's
+    read-only view of them, readable even after ``shutdown()``.  Further keyword
+    arguments (``max_tasks_per_child`` on Python 3.11+) go to
+    ``ProcessPoolExecutor``.
+    """
+
+    def __init__(self, max_workers=None, mp_context=None, initializer=None,
+                 initargs=(), *, arrays=None, **kwargs):
+        # Everything is checked, and copied, before any executor state exists.
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        shared = _shared(arrays)
+        self.arrays = worker.ArrayMap(shared)
+        references = [(name, reduction.reference(a)) for name, a in shared.items()]
+        # The executor's workers keep no status block (status None): a worker's
+        # death already breaks a ProcessPoolExecutor, failing its futures.
+        super(SharedArrayExecutor, self).__init__(
+            max_workers, mp_context, worker.initialize,
+            (references, initializer, tuple(initargs), os.getpid(), None), **kwargs)
+        _tolerate_unreachable_blocks(self)
+
+    def submit(*args, **kwargs):
+        # (self, fn, /, *args, **kwargs), written so that Python 3.7 parses it.
+        if len(args) < 2:
+            raise TypeError("submit expected at least 1 positional argument, got %d"
+                            % max(len(args) - 1, 0))
+        self, fn = args[0], args[1]
+        if not _is_chunk_of_map(fn):  # map made it portable already
+            fn = pickling.portable(fn)
+        return super(SharedArrayExecutor, self).submit(fn, *args[2:], **kwargs)
+    submit.__doc__ = _process.ProcessPoolExecutor.submit.__doc__
+
+    def map(self, fn, *iterables, **kwargs):
+        return super(SharedArrayExecutor, self).map(
+            pickling.portable(fn), *iterables, **kwargs)
+    map.__doc__ = _process.ProcessPoolExecutor.map.__doc__
+
+
+def _is_chunk_of_map(fn):
+    """``ProcessPoolExecutor.map`` submits ``partial(_process_chunk, fn)``."""
+    return (type(fn) is functools.partial
+            and fn.func is getattr(_process, "_process_chunk", None))
+
+
+# -- a reference that cannot be rebuilt fails its own future, not the executor --------
+#
+# ProcessPoolExecutor's worker loop dies on an exception while unpickling a call,
+# and its manager thread marks the whole executor broken on one while unpickling
+# a result.  As the pool's TaskQueue and _receive_result do, a reference whose
+# block is gone becomes that error, on that future.  Both hooks use only what is
+# the same from 3.7 to 3.13 (the _SafeQueue call queue with _CallItem(work_id, fn,
+# args, kwargs), a SimpleQueue of _ResultItem with work_id, exception, result);
+# elsewhere the executor keeps ProcessPoolExecutor's behaviour.
+
+_SafeQueue = getattr(_process, "_SafeQueue", None)
+
+if _SafeQueue is not None:
+    class _CallQueue(_SafeQueue):
+        """The call queue, as workers read it."""
+
+        def get(self, block=True, timeout=None):
+            with reduction.tolerant() as failures:
+                item = super(_CallQueue, self).get(block, timeout)
+            if failures and hasattr(item, "work_id"):
+                item.fn, item.args, item.kwargs = _raise, (failures[0],), {}
+            return item
+
+
+def _raise(error):
+    raise error
+
+
+class _ResultReader(object):
+    """The parent's end of the result queue: ``recv`` as the connection's, and a
+    result whose shared array cannot be reached becomes that error."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection):
+        self._connection = connection
+
+    def recv(self):
+        with reduction.tolerant() as failures:
+            item = self._connection.recv()
+        if failures and hasattr(item, "work_id"):
+            item.result, item.exception = None, failures[0]
+        return item
+
+    def fileno(self):
+        return self._connection.fileno()
+
+    def __getattr__(self, name):
+        return getattr(self._connection, name)
+
+    def __reduce__(self):  # a spawned worker gets the plain connection
+        return _same, (self._connection,)
+
+
+def _same(obj):
+    return obj
+
+
+def _tolerate_unreachable_blocks(executor):
+    calls = getattr(executor, "_call_queue", None)
+    if _SafeQueue is not None and type(calls) is _SafeQueue:
+        calls.__class__ = _CallQueue
+    results = getattr(executor, "_result_queue", None)
+    if results is not None and hasattr(results, "_reader"):
+        results._reader = _ResultReader(results._reader)

@@ -1,0 +1,145 @@
+"""The parent's side of worker deaths: no call waits forever on a dead worker.
+
+``multiprocessing.Pool`` replaces a worker that dies, but the task it was
+running is lost and the call waiting for it hangs.  Here every worker writes
+what it is doing into a small shared status block (see ``worker.TaskQueue``
+and ``worker.ResultQueue``); a monitor thread in the parent notices a worker's
+exit within a tenth of a second and, from the dead worker's last status:
+
+    running task (job, i)     that task fails with WorkerDied, through the
+                              result queue, so the result thread applies it
+    holding the task lock     the lock is released for the other workers
+    mid-read or mid-write     the queues cannot be trusted: every call in
+                              flight fails with WorkerDied, the pool terminates
+    idle                      nothing was lost
+
+Workers retired by ``maxtasksperchild`` exit idle, so they are not deaths.
+"""
+
+import signal
+import threading
+import time
+import weakref
+from multiprocessing import pool as _mp_pool
+
+import numpy as np
+
+from . import ndarrays
+
+IDLE, WAITING, LOCKED, READING, RUNNING, SENDING = range(6)
+STATE, JOB, INDEX = range(3)
+
+_POLL = 0.1
+
+
+class WorkerDied(RuntimeError):
+    """A pool worker died (signal, ``os._exit``, out of memory) during a task."""
+
+    def __init__(self, message, pid=None, exitcode=None):
+        super(WorkerDied, self).__init__(message)
+        self.pid, self.exitcode = pid, exitcode
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.pid, self.exitcode)
+
+
+def new_status():
+    """A worker's status block: state, job, index."""
+    return ndarrays.zeros(3, np.int64)
+
+
+class Supervisor(object):
+    """Tracks one pool's workers and answers for the ones that die."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.workers = {}  # Process -> status
+        self.lock = threading.Lock()
+        self.pool = None
+
+    def process(self, ctx, kwds):
+        """Make a worker process as Pool does, with a status block of its own."""
+        args = list(kwds["args"])
+        initargs = args[3]
+        status = new_status()
+        args[3] = tuple(initargs[:-1]) + (status,)
+        kwds = dict(kwds, args=tuple(args))
+        p = (ctx or self.ctx).Process(**kwds)
+        with self.lock:
+            self.workers[p] = status
+        return p
+
+    def start(self, pool):
+        self.pool = weakref.ref(pool)
+        t = threading.Thread(target=self._watch, name="shmpool-supervisor")
+        t.daemon = True
+        t.start()
+
+    def _watch(self):
+        while True:
+            time.sleep(_POLL)
+            pool = self.pool()
+            if pool is None or pool._state == _mp_pool.TERMINATE:
+                return
+            with self.lock:
+                ended = [(p, s) for p, s in self.workers.items()
+                         if p._popen is not None and p._popen.returncode is not None]
+                for p, _ in ended:
+                    del self.workers[p]
+            for p, status in ended:
+                self._ended(pool, p, status)
+            del pool
+
+    def _ended(self, pool, p, status):
+        # returncode is read, never polled: Pool's own thread reaps the worker,
+        # and two pollers of one forkserver child would race for its status.
+        state, job, index = (int(v) for v in status)
+        code = p._popen.returncode
+        if state in (IDLE, WAITING):
+            return
+        if state == LOCKED:
+            try:
+                pool._inqueue._rlock.release()
+            except ValueError:
+                pass
+            return
+        error = WorkerDied(_describe(p.pid, code, state), p.pid, code)
+        if state == RUNNING:
+            pool._outqueue.put((job, index, (False, error)))
+            return
+        _fail_everything(pool, error)
+        threading.Thread(target=pool.terminate, name="shmpool-terminate").start()
+
+
+def _describe(pid, code, state):
+    if code is not None and code < 0:
+        try:
+            how = "was killed by signal %d (%s)" % (-code, signal.Signals(-code).name)
+        except ValueError:
+            how = "was killed by signal %d" % -code
+    else:
+        how = "exited with code %s" % code
+    what = {RUNNING: "while running this task",
+            READING: "while reading a task off the pool's queue",
+            SENDING: "while writing a result into the pool's queue"}[state]
+    message = "shmpool: a worker of the pool (pid %d) %s %s" % (pid, how, what)
+    if state != RUNNING:
+        message += ("; the pool's queues cannot be trusted after that, so every "
+                    "call in flight fails and the pool is terminated")
+    return message
+
+
+def _fail_everything(pool, error):
+    """Fail every call waiting on ``pool``, in place of results that won't come."""
+    for job, result in list(pool._cache.items()):
+        pool._cache.pop(job, None)
+        if isinstance(result, _mp_pool.IMapIterator):
+            with result._cond:
+                result._items.append((False, error))
+                result._length = result._index  # then StopIteration
+                result._cond.notify()
+            continue
+        result._success, result._value = False, error
+        if result._error_callback is not None:
+            result._error_callback(error)
+        result._event.set()
