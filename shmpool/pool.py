@@ -27,6 +27,7 @@ queues, handler threads, worker loop and ``maxtasksperchild`` replacement (the
 initializer runs in every replacement worker, so they get the arrays too).
 """
 
+import collections
 import functools
 import multiprocessing
 import os
@@ -79,7 +80,7 @@ class SharedArrayPool(_mp_pool.Pool):
         self._inqueue = worker.TaskQueue(ctx=self._ctx)
         self._outqueue = worker.ResultQueue(ctx=self._ctx)
         self._quick_put = functools.partial(worker.send_task, self._inqueue._writer.send_bytes)
-        self._quick_get = functools.partial(_receive_result, self._outqueue._reader)
+        self._quick_get = _ResultReceiver(self._outqueue._reader)
 
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
         return super(SharedArrayPool, self).apply_async(
@@ -101,14 +102,24 @@ class SharedArrayPool(_mp_pool.Pool):
             pickling.portable(func), iterable, chunksize)
 
 
-def _receive_result(reader):
-    """The result thread's ``get``: a result whose shared array cannot be reached
-    becomes that error, instead of an exception that would end the thread."""
-    with reduction.tolerant() as failures:
-        result = reader.recv()
-    if failures and result is not None:
-        result = (result[0], result[1], (False, failures[0]))
-    return result
+class _ResultReceiver(object):
+    """The result thread's ``get``.  A result whose shared array cannot be
+    reached becomes that error, instead of an exception that would end the
+    thread; and the last results received are remembered, so the supervisor
+    can tell whether a worker that died writing one had finished."""
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.recent = collections.deque(maxlen=1024)
+
+    def __call__(self):
+        with reduction.tolerant() as failures:
+            result = self.reader.recv()
+        if result is not None:
+            self.recent.append(result[:2])
+            if failures:
+                result = (result[0], result[1], (False, failures[0]))
+        return result
 
 
 def _shared(arrays):

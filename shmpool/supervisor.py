@@ -8,7 +8,8 @@ exit within a tenth of a second and, from the dead worker's last status:
 
     running task (job, i)     that task fails with WorkerDied, through the
                               result queue, so the result thread applies it
-    holding the task lock     the lock is released for the other workers
+    holding a queue's lock    the lock is released for the other workers (and
+                              a task it had read fails as above)
     mid-read or mid-write     the queues cannot be trusted: every call in
                               flight fails with WorkerDied, the pool terminates
     idle                      nothing was lost
@@ -26,7 +27,8 @@ import numpy as np
 
 from . import ndarrays
 
-IDLE, WAITING, LOCKED, READING, RUNNING, SENDING = range(6)
+# A worker's states, in the order it goes through them for each task.
+IDLE, WAITING, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT = range(8)
 STATE, JOB, INDEX = range(3)
 
 _POLL = 0.1
@@ -95,20 +97,41 @@ class Supervisor(object):
         # and two pollers of one forkserver child would race for its status.
         state, job, index = (int(v) for v in status)
         code = p._popen.returncode
-        if state in (IDLE, WAITING):
-            return
-        if state == LOCKED:
-            try:
-                pool._inqueue._rlock.release()
-            except ValueError:
-                pass
+        if state in (LOCKED, RECEIVED):
+            _release(pool._inqueue._rlock)
+        elif state == SENT:
+            _release(pool._outqueue._wlock)
+        if state in (IDLE, WAITING, LOCKED, SENT):
             return
         error = WorkerDied(_describe(p.pid, code, state), p.pid, code)
-        if state == RUNNING:
+        if state in (RECEIVED, RUNNING):
             pool._outqueue.put((job, index, (False, error)))
             return
+        if state == SENDING and _arrives(pool, (job, index)):
+            _release(pool._outqueue._wlock)  # it died just after writing
+            return
+        _release(pool._outqueue._wlock)
         _fail_everything(pool, error)
         threading.Thread(target=pool.terminate, name="shmpool-terminate").start()
+
+
+def _arrives(pool, key, timeout=1.0):
+    """Whether the result ``key`` reaches the result thread within ``timeout``:
+    if it was written whole, it does at once."""
+    deadline = time.monotonic() + timeout
+    while key not in pool._quick_get.recent:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _release(lock):
+    """Release a queue lock that a dead worker may have held."""
+    try:
+        lock.release()
+    except (ValueError, AttributeError):
+        pass  # it had released it already (or the platform has no lock)
 
 
 def _describe(pid, code, state):
@@ -119,11 +142,11 @@ def _describe(pid, code, state):
             how = "was killed by signal %d" % -code
     else:
         how = "exited with code %s" % code
-    what = {RUNNING: "while running this task",
+    what = {RECEIVED: "while running this task", RUNNING: "while running this task",
             READING: "while reading a task off the pool's queue",
             SENDING: "while writing a result into the pool's queue"}[state]
     message = "shmpool: a worker of the pool (pid %d) %s %s" % (pid, how, what)
-    if state != RUNNING:
+    if state not in (RECEIVED, RUNNING):
         message += ("; the pool's queues cannot be trusted after that, so every "
                     "call in flight fails and the pool is terminated")
     return message

@@ -15,7 +15,8 @@ from multiprocessing.queues import SimpleQueue
 from multiprocessing.reduction import ForkingPickler
 
 from . import _compat, reduction
-from .supervisor import IDLE, INDEX, JOB, LOCKED, READING, RUNNING, SENDING, STATE, WAITING
+from .supervisor import (IDLE, INDEX, JOB, LOCKED, READING, RECEIVED, RUNNING,
+                         SENDING, SENT, STATE, WAITING)
 
 
 class ArrayMap(Mapping):
@@ -86,10 +87,11 @@ class TaskQueue(SimpleQueue):
             self._reader.poll(None)
             status[STATE] = READING
             data = self._reader.recv_bytes()
-        head = io.BytesIO(data)
-        job = pickle.load(head)
-        if job is not None:
-            status[JOB], status[INDEX] = job
+            head = io.BytesIO(data)
+            job = pickle.load(head)
+            if job is not None:
+                status[JOB], status[INDEX] = job
+            status[STATE] = RECEIVED
         status[STATE] = RUNNING
         with reduction.tolerant() as failures:
             task = ForkingPickler.loads(memoryview(data)[head.tell():])
@@ -110,6 +112,7 @@ class ResultQueue(SimpleQueue):
         with self._wlock or _compat.nullcontext():
             status[STATE] = SENDING
             self._writer.send_bytes(data)
+            status[STATE] = SENT
         status[STATE] = IDLE
 
 

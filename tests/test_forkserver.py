@@ -1,4 +1,4 @@
-"""Every behaviour in pool_cases and reference_cases, under the 'forkserver' start method."""
+"""Every behaviour in pool_cases, reference_cases and reliability_cases, under the 'forkserver' start method."""
 
 import multiprocessing
 
@@ -6,6 +6,7 @@ import pytest
 
 import pool_cases
 import reference_cases
+import reliability_cases
 
 pytestmark = pytest.mark.skipif(
     "forkserver" not in multiprocessing.get_all_start_methods(),
@@ -17,4 +18,8 @@ class TestPoolForkserver(pool_cases.PoolCases):
 
 
 class TestReferencesForkserver(reference_cases.ReferenceCases):
+    start_method = "forkserver"
+
+
+class TestReliabilityForkserver(reliability_cases.ReliabilityCases):
     start_method = "forkserver"

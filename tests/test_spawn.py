@@ -1,4 +1,4 @@
-"""Every behaviour in pool_cases and reference_cases, under the 'spawn' start method."""
+"""Every behaviour in pool_cases, reference_cases and reliability_cases, under the 'spawn' start method."""
 
 import multiprocessing
 
@@ -6,6 +6,7 @@ import pytest
 
 import pool_cases
 import reference_cases
+import reliability_cases
 
 pytestmark = pytest.mark.skipif(
     "spawn" not in multiprocessing.get_all_start_methods(),
@@ -17,4 +18,8 @@ class TestPoolSpawn(pool_cases.PoolCases):
 
 
 class TestReferencesSpawn(reference_cases.ReferenceCases):
+    start_method = "spawn"
+
+
+class TestReliabilitySpawn(reliability_cases.ReliabilityCases):
     start_method = "spawn"

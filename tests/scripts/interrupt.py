@@ -1,0 +1,47 @@
+"""Run a long map, be interrupted with SIGINT, and check that the with block
+left no worker and no shared block behind."""
+import gc
+import multiprocessing
+import os
+import sys
+import time
+
+import numpy as np
+
+import shmpool
+
+
+def slow(i):
+    time.sleep(0.2)
+    return i
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from conftest import file_in_use, shm_file
+
+    ctx = multiprocessing.get_context(sys.argv[1])
+    interrupted = False
+    try:
+        with shmpool.SharedArrayPool(2, arrays={"x": np.ones(1 << 20)}, context=ctx) as pool:
+            pool.map(abs, range(8), chunksize=1)
+            pids = [p.pid for p in pool._pool]
+            block = shm_file(pool.arrays["x"])
+            print(*pids, flush=True)
+            print(*block, flush=True)
+            pool.map(slow, range(1000), chunksize=1)
+    except KeyboardInterrupt:
+        interrupted = True  # (the traceback holds the pool until this block ends)
+    del pool
+    gc.collect()
+    print("KeyboardInterrupt" if interrupted else "not-interrupted",
+          "workers-left" if any(map(alive, pids)) else "no-workers",
+          "block-left" if file_in_use(block) else "no-block")
