@@ -31,11 +31,12 @@ import collections
 import functools
 import multiprocessing
 import os
+import threading
 from multiprocessing import pool as _mp_pool
 
 import numpy as np
 
-from . import ndarrays, pickling, reduction, supervisor, worker
+from . import ndarrays, pickling, progress, reduction, registry, supervisor, worker
 
 
 class SharedArrayPool(_mp_pool.Pool):
@@ -55,14 +56,17 @@ class SharedArrayPool(_mp_pool.Pool):
             raise TypeError("initializer must be a callable")
         shared = _shared(arrays)
         self.arrays = worker.ArrayMap(shared)
-        references = [(name, reduction.reference(a)) for name, a in shared.items()]
+        self._registry = registry.Registry()
+        self._registry.publish(shared)
+        self._sharing = threading.Lock()
         ctx = context if context is not None else multiprocessing.get_context()
         self._supervisor = supervisor.Supervisor(ctx)
         # The last initarg is the supervisor, which Process below replaces with
         # the worker's own status block.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            (references, initializer, initargs, os.getpid(), self._supervisor),
+            (self._registry.reference(), initializer, initargs, os.getpid(),
+             self._supervisor),
             maxtasksperchild, context)
         self._supervisor.start(self)
 
@@ -72,6 +76,39 @@ class SharedArrayPool(_mp_pool.Pool):
         # Process(ctx, target=worker, args=...), 3.7 Process(target=..., args=...).
         ctx = args[0] if args else None
         return kwds["args"][3][-1].process(ctx, kwds)
+
+    def share(self, name, array):
+        """Share ``array`` under ``name`` with the running workers, as
+        ``arrays=`` would have: an array already shared is used as it is, any
+        other is copied once.  Workers see it from their next task on."""
+        self._check_sharing()
+        with self._sharing:
+            if name in self.arrays:
+                raise ValueError("shmpool: an array named %r is shared already; "
+                                 "unshare it first" % (name,))
+            arrays = dict(self.arrays._arrays)
+            arrays.update(_shared({name: array}))
+            self._registry.publish(arrays)
+            self.arrays._arrays = arrays
+        return arrays[name]
+
+    def unshare(self, name):
+        """Stop sharing ``name``: workers let go of it after their current task
+        (idle ones within a quarter second), and its memory is returned once no
+        process uses it."""
+        self._check_sharing()
+        with self._sharing:
+            if name not in self.arrays:
+                raise KeyError("shmpool: no shared array named %r" % (name,))
+            arrays = dict(self.arrays._arrays)
+            del arrays[name]
+            self._registry.publish(arrays)
+            self.arrays._arrays = arrays
+
+    def _check_sharing(self):
+        if self._state != _mp_pool.RUN:
+            raise ValueError("shmpool: the pool is closed; it can no longer share "
+                             "or unshare arrays")
 
     def _setup_queues(self):
         # As Pool._setup_queues (3.7 to 3.13), with queues that keep the
@@ -93,13 +130,41 @@ class SharedArrayPool(_mp_pool.Pool):
             pickling.portable(func), iterable, mapper, chunksize, callback,
             error_callback)
 
-    def imap(self, func, iterable, chunksize=1):
-        return super(SharedArrayPool, self).imap(
-            pickling.portable(func), iterable, chunksize)
+    def map(self, func, iterable, chunksize=None, *, progress=None):
+        """As ``Pool.map``; ``progress=True`` shows a progress bar (see
+        ``shmpool.progress``)."""
+        return self._mapped(func, iterable, _mp_pool.mapstar, chunksize, progress, "map")
 
-    def imap_unordered(self, func, iterable, chunksize=1):
-        return super(SharedArrayPool, self).imap_unordered(
-            pickling.portable(func), iterable, chunksize)
+    def starmap(self, func, iterable, chunksize=None, *, progress=None):
+        """As ``Pool.starmap``, with ``progress`` as for ``map``."""
+        return self._mapped(func, iterable, _mp_pool.starmapstar, chunksize, progress,
+                            "starmap")
+
+    def imap(self, func, iterable, chunksize=1, *, progress=None):
+        """As ``Pool.imap``, with ``progress`` as for ``map``."""
+        return self._iterated(super(SharedArrayPool, self).imap, func, iterable,
+                              chunksize, progress, "imap")
+
+    def imap_unordered(self, func, iterable, chunksize=1, *, progress=None):
+        """As ``Pool.imap_unordered``, with ``progress`` as for ``map``."""
+        return self._iterated(super(SharedArrayPool, self).imap_unordered, func,
+                              iterable, chunksize, progress, "imap_unordered")
+
+    def _mapped(self, func, iterable, mapper, chunksize, progress_spec, desc):
+        if not progress_spec:
+            return self._map_async(func, iterable, mapper, chunksize).get()
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        result = self._map_async(func, iterable, mapper, chunksize)
+        return progress.wait(result, len(iterable), progress_spec, desc)
+
+    @staticmethod
+    def _iterated(imap, func, iterable, chunksize, progress_spec, desc):
+        results = imap(pickling.portable(func), iterable, chunksize)
+        if not progress_spec:
+            return results
+        total = len(iterable) if hasattr(iterable, "__len__") else None
+        return progress.iterate(results, total, progress_spec, desc)
 
 
 class _ResultReceiver(object):

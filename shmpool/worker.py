@@ -1,7 +1,7 @@
-"""The worker's side of a pool: receive the shared arrays, then run the user's
-initializer; keep a status the parent can read if this worker dies; exit when
-the parent does.  ``shmpool.arrays`` is the worker's read-only view of the
-pool's arrays."""
+"""The worker's side of a pool: follow the pool's shared arrays, run the
+user's initializer, keep a status the parent can read if this worker dies, and
+exit when the parent does.  ``shmpool.arrays`` is the worker's read-only view
+of the pool's arrays."""
 
 import io
 import multiprocessing
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from multiprocessing.queues import SimpleQueue
 from multiprocessing.reduction import ForkingPickler
 
-from . import _compat, reduction
+from . import _compat, reduction, registry
 from .supervisor import (IDLE, INDEX, JOB, LOCKED, READING, RECEIVED, RUNNING,
                          SENDING, SENT, STATE, WAITING)
 
@@ -50,15 +50,18 @@ class ArrayMap(Mapping):
 arrays = ArrayMap()
 
 _status = None  # this worker's status block, read by the parent's supervisor
+_registry = None  # this worker's view of the pool's table of arrays
 
 
-def initialize(references, initializer, initargs, parent, status):
-    """The pool's worker initializer: watch the parent, map every shared array,
-    publish them as ``shmpool.arrays``, then run the user's own initializer."""
-    global _status
+def initialize(registry_reference, initializer, initargs, parent, status):
+    """The pool's worker initializer: map the pool's shared arrays and publish
+    them as ``shmpool.arrays``, watch the parent, then run the user's own
+    initializer."""
+    global _status, _registry
     _status = status
-    _exit_with_parent(parent)
-    arrays._arrays = {name: reduction.rebuild(*ref) for name, ref in references}
+    _registry = registry.View(registry_reference, arrays)
+    _registry.refresh()
+    _watch_parent(parent, _registry)
     if initializer is not None:
         initializer(*initargs)
 
@@ -93,6 +96,7 @@ class TaskQueue(SimpleQueue):
                 status[JOB], status[INDEX] = job
             status[STATE] = RECEIVED
         status[STATE] = RUNNING
+        _registry.refresh()
         with reduction.tolerant() as failures:
             task = ForkingPickler.loads(memoryview(data)[head.tell():])
         if failures and task is not None:
@@ -120,10 +124,12 @@ def _raise(error):
     raise error
 
 
-def _exit_with_parent(pid):
-    """Exit within half a second of the pool's parent's death, even by SIGKILL,
-    so that no worker outlives it holding shared memory.  (A parent-death signal
-    would follow the thread that forked the worker, or the fork server.)"""
+def _watch_parent(pid, registry_view):
+    """In a thread: exit within half a second of the pool's parent's death,
+    even by SIGKILL, so that no worker outlives it holding shared memory (a
+    parent-death signal would follow the thread that forked the worker, or the
+    fork server); meanwhile follow the arrays shared and unshared, so an idle
+    worker lets go of an unshared one too."""
     parent = getattr(multiprocessing, "parent_process", lambda: None)()  # 3.8+
     sentinel = getattr(parent, "sentinel", None) if getattr(parent, "pid", 0) == pid else None
 
@@ -131,8 +137,9 @@ def _exit_with_parent(pid):
         while _alive(pid):
             if sentinel is None:
                 time.sleep(0.25)
-            elif multiprocessing.connection.wait([sentinel], 0.5):
+            elif multiprocessing.connection.wait([sentinel], 0.25):
                 break  # the pipe from the parent is closed: it is gone
+            registry_view.refresh()
         os._exit(1)
 
     threading.Thread(target=watch, name="shmpool-parent-watch", daemon=True).start()

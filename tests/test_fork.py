@@ -1,9 +1,11 @@
-"""Every behaviour in pool_cases, reference_cases and reliability_cases, under the 'fork' start method."""
+"""Every behaviour in pool_cases, reference_cases, reliability_cases and
+feature_cases, under the 'fork' start method."""
 
 import multiprocessing
 
 import pytest
 
+import feature_cases
 import pool_cases
 import reference_cases
 import reliability_cases
@@ -22,4 +24,8 @@ class TestReferencesFork(reference_cases.ReferenceCases):
 
 
 class TestReliabilityFork(reliability_cases.ReliabilityCases):
+    start_method = "fork"
+
+
+class TestFeaturesFork(feature_cases.FeatureCases):
     start_method = "fork"

@@ -1,0 +1,83 @@
+"""A pool's table of shared arrays, kept in shared memory so that running
+workers see arrays shared or unshared after the pool started.
+
+The table is one shared block: a version counter, a length, and the pickled
+list of ``(name, reference)``.  The parent rewrites it under a seqlock (the
+version is odd while it writes); a worker reloads ``shmpool.arrays`` when it
+sees a new even version, before each task and every quarter second when idle,
+so an unshared array is let go of promptly.
+"""
+
+import pickle
+import threading
+
+import numpy as np
+
+from . import ndarrays, reduction
+
+CAPACITY = 1 << 20  # bytes of pickled references: some thousands of arrays
+_HEAD = 16
+
+
+class Registry(object):
+    """The parent's side: publishes the pool's arrays."""
+
+    def __init__(self):
+        self.block = ndarrays.zeros(_HEAD + CAPACITY, np.uint8)
+        self.version = self.block[:_HEAD].view(np.int64)
+
+    def publish(self, arrays):
+        """Make ``arrays`` (name -> shared ndarray) what every worker sees."""
+        payload = pickle.dumps([(name, reduction.reference(a)) for name, a in arrays.items()],
+                               pickle.HIGHEST_PROTOCOL)
+        if len(payload) > CAPACITY:
+            raise ValueError("shmpool: too many shared arrays for one pool (%d bytes of "
+                             "references, at most %d)" % (len(payload), CAPACITY))
+        v = int(self.version[0])
+        self.version[0] = v + 1
+        self.block[_HEAD:_HEAD + len(payload)] = np.frombuffer(payload, np.uint8)
+        self.version[1] = len(payload)
+        self.version[0] = v + 2
+
+    def reference(self):
+        return reduction.reference(self.block)
+
+
+class View(object):
+    """A worker's side: follows the parent's table into ``shmpool.arrays``."""
+
+    def __init__(self, reference, target):
+        self.block = reduction.rebuild(*reference)
+        self.version = self.block[:_HEAD].view(np.int64)
+        self.seen = -1
+        self.target = target  # the worker's ArrayMap
+        self.lock = threading.Lock()
+
+    def refresh(self):
+        """Reload the arrays if the parent changed them since last time."""
+        if int(self.version[0]) == self.seen:
+            return
+        with self.lock:
+            while True:
+                v = int(self.version[0])
+                if v == self.seen:
+                    return
+                if v % 2:
+                    continue  # the parent is writing
+                n = int(self.version[1])
+                payload = self.block[_HEAD:_HEAD + n].tobytes()
+                if int(self.version[0]) == v:
+                    break
+            current = self.target._arrays
+            arrays = {}
+            for name, ref in pickle.loads(payload):
+                old = current.get(name)
+                if old is not None and reduction.reference(old)[:7] == ref[:7]:
+                    arrays[name] = old
+                    continue
+                try:
+                    arrays[name] = reduction.rebuild(*ref)
+                except Exception:  # its memory is gone: the name is left out
+                    pass
+            self.target._arrays = arrays
+            self.seen = v

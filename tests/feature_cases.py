@@ -1,0 +1,142 @@
+"""Sharing after start and progress bars, written once; run under each start
+method by test_fork/spawn/forkserver."""
+
+import multiprocessing
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import shmpool
+from shmpool import SharedArrayPool
+
+from conftest import file_in_use, shm_file
+
+
+def names(_=None):
+    return sorted(shmpool.arrays)
+
+
+def total(name):
+    return float(shmpool.arrays[name].sum())
+
+
+def add_one(name):
+    shmpool.arrays[name][...] += 1
+
+
+def square(i):
+    return i * i
+
+
+def times(a, b):
+    return a * b
+
+
+class Recorder(object):
+    """A tqdm-style progress bar that remembers what it was told."""
+
+    made = []
+
+    def __init__(self, total=None, desc=None):
+        self.total, self.desc, self.n, self.closed = total, desc, 0, False
+        Recorder.made.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def close(self):
+        self.closed = True
+
+
+class FeatureCases(object):
+    start_method = None
+
+    @property
+    def ctx(self):
+        return multiprocessing.get_context(self.start_method)
+
+    def pool(self, *args, **kwds):
+        kwds.setdefault("context", self.ctx)
+        return SharedArrayPool(*args, **kwds)
+
+    def test_share_after_start(self):
+        with self.pool(2, arrays={"a": np.ones(4)}) as pool:
+            assert pool.map(names, range(4)) == [["a"]] * 4
+            late = shmpool.zeros(10, np.float16)
+            assert pool.share("late", late) is late  # already shared: no copy
+            copied = pool.share("copied", np.arange(5.0))
+            assert pool.map(names, range(4)) == [["a", "copied", "late"]] * 4
+            pool.map(add_one, ["late"] * 3)
+            assert late.tolist() == [3.0] * 10
+            assert pool.apply(total, ("copied",)) == 10.0 and shmpool.is_shared(copied)
+            assert sorted(pool.arrays) == ["a", "copied", "late"]
+
+    def test_replacement_workers_see_late_arrays(self):
+        with self.pool(2, maxtasksperchild=1) as pool:
+            pool.share("x", np.full(3, 2.0))
+            assert pool.map(total, ["x"] * 6, chunksize=1) == [6.0] * 6
+
+    def test_unshare_releases_memory(self):
+        with self.pool(2) as pool:
+            pool.share("big", np.ones(32 << 20, np.uint8))
+            assert pool.map(total, ["big"] * 4) == [32 << 20] * 4
+            block = shm_file(pool.arrays["big"])
+            pool.unshare("big")
+            with pytest.raises(KeyError, match="big"):
+                pool.apply(total, ("big",))
+            deadline = time.monotonic() + 2  # idle workers let go too
+            while file_in_use(block) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not file_in_use(block)
+            assert "big" not in pool.arrays
+
+    def test_bad_sharing_refused_and_pool_stays_usable(self):
+        with self.pool(2, arrays={"a": np.zeros(2)}) as pool:
+            with pytest.raises(ValueError, match="shared already"):
+                pool.share("a", np.zeros(3))
+            with pytest.raises(TypeError, match="names must be strings"):
+                pool.share(3, np.zeros(3))
+            with pytest.raises(TypeError, match="numpy.ndarray"):
+                pool.share("b", [1, 2])
+            with pytest.raises(TypeError, match="cannot be shared"):
+                pool.share("b", np.array([None]))
+            with pytest.raises(KeyError, match="nope"):
+                pool.unshare("nope")
+            assert pool.map(names, range(2)) == [["a"]] * 2
+            assert pool.arrays["a"].shape == (2,)
+            pool.close()
+            with pytest.raises(ValueError, match="closed"):
+                pool.share("c", np.zeros(1))
+            pool.join()
+
+    def test_progress_with_a_tqdm_style_callable(self):
+        Recorder.made = []
+        with self.pool(2) as pool:
+            assert pool.map(square, range(100), chunksize=7, progress=Recorder) == \
+                [i * i for i in range(100)]
+            assert pool.starmap(times, [(i, 2) for i in range(30)], progress=Recorder) == \
+                [2 * i for i in range(30)]
+            assert list(pool.imap(square, range(20), progress=Recorder)) == \
+                [i * i for i in range(20)]
+            assert sorted(pool.imap_unordered(square, range(20), progress=Recorder)) == \
+                sorted(i * i for i in range(20))
+        assert [(r.total, r.n, r.closed) for r in Recorder.made] == [
+            (100, 100, True), (30, 30, True), (20, 20, True), (20, 20, True)]
+        assert [r.desc for r in Recorder.made] == ["map", "starmap", "imap",
+                                                   "imap_unordered"]
+
+    def test_progress_counter_without_tqdm(self, capfd, monkeypatch):
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if not installed
+        with self.pool(2) as pool:
+            assert pool.map(square, range(50), progress=True) == [i * i for i in range(50)]
+        err = capfd.readouterr().err
+        assert err.endswith("\n") and "map: 50/50 (100%)" in err
+
+    def test_quiet_by_default(self, capfd):
+        with self.pool(2) as pool:
+            pool.map(square, range(50))
+            list(pool.imap(square, range(5)))
+        out, err = capfd.readouterr()
+        assert out == "" and err == ""
