@@ -3,6 +3,7 @@
     empty, zeros, copy     new ndarrays on process-shared memory (any fixed-size dtype)
     is_shared              whether an ndarray (or a view) lies on shared memory
     SharedArrayPool        a drop-in ``multiprocessing.Pool`` with ``arrays=``
+    SharedArrayExecutor    a ``concurrent.futures.ProcessPoolExecutor`` with ``arrays=``
     arrays                 in a pool's worker, the pool's arrays by name
     SharedMemoryWarning    shared memory spilled from /dev/shm to disk
     BlockUnavailable       a shared array's memory could no longer be reached
@@ -13,15 +14,17 @@ and views of them, as small references to the same memory.
 """
 
 from .blocks import BlockUnavailable
+from .executor import SharedArrayExecutor
 from .memory import SharedMemoryWarning
 from .ndarrays import copy, empty, is_shared, zeros
 from .pool import SharedArrayPool
-from .supervisor import WorkerDied
 from .reduction import register as _register
+from .supervisor import WorkerDied
 from .worker import arrays
 
 __all__ = [
     "BlockUnavailable",
+    "SharedArrayExecutor",
     "SharedArrayPool",
     "SharedMemoryWarning",
     "WorkerDied",

@@ -7,7 +7,11 @@ import sys
 
 #: Linux: a process can open another's descriptor through /proc/PID/fd/N, so a
 #: block reaches any process of the same user by its creator's pid and fd.
-LINUX = sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
+#: Elsewhere blocks come from multiprocessing.heap and reach spawned workers as
+#: CPython's own RawArray does; SHMPOOL_PORTABLE=1 takes that path on Linux
+#: too, so that the tests can cover it.
+LINUX = (sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
+         and not os.environ.get("SHMPOOL_PORTABLE"))
 
 #: posix_fallocate reserves a file's space up front (not on macOS or Windows).
 posix_fallocate = getattr(os, "posix_fallocate", None)

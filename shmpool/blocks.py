@@ -105,10 +105,11 @@ def new(size, zero=False):
     tag = struct.unpack("<Q", os.urandom(8))[0]
     _HEADER.pack_into(buffer, 0, _MAGIC, tag, size)
     name = Name(os.getpid(), next(_serial), tag, fd, offset, size)
-    return _adopt(buffer, name)
+    return adopt(buffer, name)
 
 
-def _adopt(buffer, name):
+def adopt(buffer, name):
+    """Enter ``buffer``, the block ``name``, in this process's table."""
     block = Block(name, ctypes.addressof(buffer))
     buffer._shmpool_block = block
     _table.add(buffer, block)
@@ -167,7 +168,7 @@ def attach(name):
     magic, tag, size = _HEADER.unpack_from(buffer, 0)
     if (magic, tag, size) != (_MAGIC, name.tag, name.size):
         raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
-    return _adopt(buffer, name)
+    return adopt(buffer, name)
 
 
 def _open_creators_fd(name):

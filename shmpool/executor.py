@@ -4,7 +4,7 @@ share numpy arrays, as ``SharedArrayPool`` does for ``multiprocessing.Pool``::
     import multiprocessing
     import numpy as np
     import shmpool
-    from shmpool.executor import SharedArrayExecutor
+    from shmpool import SharedArrayExecutor
 
     def scale(i):
         x = shmpool.arrays["x"]              # in a worker: a view of the same memory
@@ -38,11 +38,7 @@ import functools
 import os
 from concurrent.futures import process as _process
 
-from . import pickling, reduction, worker
-from .pool import _shared
-
-__all__ = ["SharedArrayExecutor"]
-
+from . import ndarrays, pickling, reduction, registry, worker
 
 class SharedArrayExecutor(_process.ProcessPoolExecutor):
     """A ``concurrent.futures.ProcessPoolExecutor`` whose workers see ``arrays``
@@ -60,14 +56,18 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
         # Everything is checked, and copied, before any executor state exists.
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        shared = _shared(arrays)
+        shared = ndarrays.shared_mapping(arrays)
         self.arrays = worker.ArrayMap(shared)
-        references = [(name, reduction.reference(a)) for name, a in shared.items()]
-        # The executor's workers keep no status block (status None): a worker's
+        self._registry = registry.Registry()  # the table that workers follow
+        self._registry.publish(shared)
+        # Workers get the same initializer arguments as a pool's (see
+        # SharedArrayPool.__init__), except a status block (None): a worker's
         # death already breaks a ProcessPoolExecutor, failing its futures.
         super(SharedArrayExecutor, self).__init__(
             max_workers, mp_context, worker.initialize,
-            (references, initializer, tuple(initargs), os.getpid(), None), **kwargs)
+            (self._registry.block, shared, initializer, tuple(initargs), os.getpid(),
+             None),
+            **kwargs)
         _tolerate_unreachable_blocks(self)
 
     def submit(*args, **kwargs):

@@ -59,6 +59,7 @@ def _from_heap(size, zero):
     pad = -ctypes.addressof(ctypes.c_byte.from_buffer(view)) % ALIGNMENT
     buffer = (ctypes.c_byte * size).from_buffer(view, pad)
     buffer._wrapper = wrapper  # as sharedctypes.rebuild_ctype does: freed with it
+    buffer._wrapper_offset = pad
     if zero and size:
         ctypes.memset(ctypes.addressof(buffer), 0, size)
     return buffer, -1, 0

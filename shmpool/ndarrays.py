@@ -100,3 +100,30 @@ def _checked(shape, dtype, order):
         raise ValueError("shmpool: an array of shape %r and dtype %s is too big "
                          "(%d bytes)" % (shape, dtype, nbytes))
     return shape, dtype, order, nbytes
+
+
+def shared_mapping(arrays):
+    """``arrays=`` of a pool or executor, checked, with each array on shared
+    memory: already there, as it is; else copied once.  A failure leaves
+    nothing allocated behind."""
+    if arrays is None:
+        return {}
+    try:
+        items = list(arrays.items())
+    except AttributeError:
+        raise TypeError("shmpool: arrays must be a mapping from name to ndarray, "
+                        "not %s" % type(arrays).__name__) from None
+    for name, a in items:
+        if not isinstance(name, str):
+            raise TypeError("shmpool: array names must be strings, not %r (%s)"
+                            % (name, type(name).__name__))
+        if not isinstance(a, np.ndarray):
+            raise TypeError("shmpool: arrays[%r] must be a numpy.ndarray, not %s"
+                            % (name, type(a).__name__))
+    shared = {}
+    for name, a in items:
+        try:
+            shared[name] = a if is_shared(a) else copy(a)
+        except (TypeError, ValueError, MemoryError) as e:
+            raise type(e)("arrays[%r]: %s" % (name, e)) from None
+    return shared

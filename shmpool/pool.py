@@ -54,7 +54,7 @@ class SharedArrayPool(_mp_pool.Pool):
         self._pool, self._state = [], getattr(_mp_pool, "INIT", "INIT")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        shared = _shared(arrays)
+        shared = ndarrays.shared_mapping(arrays)
         self.arrays = worker.ArrayMap(shared)
         self._registry = registry.Registry()
         self._registry.publish(shared)
@@ -65,7 +65,7 @@ class SharedArrayPool(_mp_pool.Pool):
         # the worker's own status block.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            (self._registry.reference(), initializer, initargs, os.getpid(),
+            (self._registry.block, shared, initializer, initargs, os.getpid(),
              self._supervisor),
             maxtasksperchild, context)
         self._supervisor.start(self)
@@ -87,7 +87,7 @@ class SharedArrayPool(_mp_pool.Pool):
                 raise ValueError("shmpool: an array named %r is shared already; "
                                  "unshare it first" % (name,))
             arrays = dict(self.arrays._arrays)
-            arrays.update(_shared({name: array}))
+            arrays.update(ndarrays.shared_mapping({name: array}))
             self._registry.publish(arrays)
             self.arrays._arrays = arrays
         return arrays[name]
@@ -185,29 +185,3 @@ class _ResultReceiver(object):
             if failures:
                 result = (result[0], result[1], (False, failures[0]))
         return result
-
-
-def _shared(arrays):
-    """Validate ``arrays`` and put each on shared memory; a failure leaves
-    nothing allocated behind."""
-    if arrays is None:
-        return {}
-    try:
-        items = list(arrays.items())
-    except AttributeError:
-        raise TypeError("shmpool: arrays must be a mapping from name to ndarray, "
-                        "not %s" % type(arrays).__name__) from None
-    for name, a in items:
-        if not isinstance(name, str):
-            raise TypeError("shmpool: array names must be strings, not %r (%s)"
-                            % (name, type(name).__name__))
-        if not isinstance(a, np.ndarray):
-            raise TypeError("shmpool: arrays[%r] must be a numpy.ndarray, not %s"
-                            % (name, type(a).__name__))
-    shared = {}
-    for name, a in items:
-        try:
-            shared[name] = a if ndarrays.is_shared(a) else ndarrays.copy(a)
-        except (TypeError, ValueError, MemoryError) as e:
-            raise type(e)("arrays[%r]: %s" % (name, e)) from None
-    return shared

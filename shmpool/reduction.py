@@ -10,28 +10,35 @@ way; arrays that are not shared, and plain ``pickle.dumps``, are untouched.
 """
 
 import contextlib
+import ctypes
 import os
 import pickle
 import threading
 
 import numpy as np
+from multiprocessing.context import get_spawning_popen
 from multiprocessing.reduction import ForkingPickler
 
-from . import blocks, inflight, ndarrays
+from . import _compat, blocks, inflight, ndarrays
 
 
 def reference(a, hold=False):
     """The arguments of ``rebuild`` for a shared ndarray ``a``, or None if ``a``
     is not shared.  With ``hold``, a block this process created stays alive
     until the reference is received (see ``inflight``)."""
+    located = _locate(a, hold)
+    return located and located[1]
+
+
+def _locate(a, hold):
     where = ndarrays.locate(a)
     if where is None:
         return None
     buffer, offset = where
     name = blocks.block_of(buffer).name
     ack = inflight.hold(buffer) if hold and name.pid == os.getpid() else None
-    return (tuple(name), offset, a.shape, a.strides, a.dtype, a.flags.writeable,
-            type(a), ack)
+    return buffer, (tuple(name), offset, a.shape, a.strides, a.dtype,
+                    a.flags.writeable, type(a), ack)
 
 
 def rebuild(name, offset, shape, strides, dtype, writeable, cls, ack=None):
@@ -73,10 +80,24 @@ def tolerant():
 
 
 def _reduce(a):
-    ref = reference(a, hold=True)
-    if ref is None:
+    located = _locate(a, hold=True)
+    if located is None:
         return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+    buffer, ref = located
+    if not _compat.LINUX and get_spawning_popen() is not None:
+        # No /proc to reach the block through: a process being started gets
+        # the block itself, as CPython hands a RawArray to it.
+        return _rebuild_carried, (buffer._wrapper, buffer._wrapper_offset, ref)
     return rebuild, ref
+
+
+def _rebuild_carried(wrapper, offset, ref):
+    name = blocks.Name(*ref[0])
+    view = wrapper.create_memoryview()
+    buffer = (ctypes.c_byte * (blocks.HEADER + name.size)).from_buffer(view, offset)
+    buffer._wrapper, buffer._wrapper_offset = wrapper, offset
+    blocks.adopt(buffer, name)
+    return rebuild(*ref)
 
 
 def register():

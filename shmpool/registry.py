@@ -39,15 +39,13 @@ class Registry(object):
         self.version[1] = len(payload)
         self.version[0] = v + 2
 
-    def reference(self):
-        return reduction.reference(self.block)
 
 
 class View(object):
     """A worker's side: follows the parent's table into ``shmpool.arrays``."""
 
-    def __init__(self, reference, target):
-        self.block = reduction.rebuild(*reference)
+    def __init__(self, block, target):
+        self.block = block
         self.version = self.block[:_HEAD].view(np.int64)
         self.seen = -1
         self.target = target  # the worker's ArrayMap

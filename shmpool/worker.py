@@ -53,13 +53,14 @@ _status = None  # this worker's status block, read by the parent's supervisor
 _registry = None  # this worker's view of the pool's table of arrays
 
 
-def initialize(registry_reference, initializer, initargs, parent, status):
+def initialize(registry_block, shared, initializer, initargs, parent, status):
     """The pool's worker initializer: map the pool's shared arrays and publish
     them as ``shmpool.arrays``, watch the parent, then run the user's own
-    initializer."""
+    initializer.  (``shared``, the arrays shared when the pool started, has
+    arrived already: unpickling it mapped them.)"""
     global _status, _registry
     _status = status
-    _registry = registry.View(registry_reference, arrays)
+    _registry = registry.View(registry_block, arrays)
     _registry.refresh()
     _watch_parent(parent, _registry)
     if initializer is not None:

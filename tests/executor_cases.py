@@ -6,9 +6,11 @@ import functools
 import gc
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import process as cf_process
 from multiprocessing.reduction import ForkingPickler
 
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool.executor import SharedArrayExecutor
+from shmpool import SharedArrayExecutor
 
 from conftest import file_in_use, shm_file
 from reference_cases import Pickled, child_sends_own_block, views_of
@@ -137,7 +139,7 @@ SCRIPT = textwrap.dedent('''
     import numpy as np
 
     import shmpool
-    from shmpool.executor import SharedArrayExecutor
+    from shmpool import SharedArrayExecutor
 
     SCALE = None
 
@@ -174,6 +176,38 @@ SCRIPT = textwrap.dedent('''
             assert ex.submit(lambda: SCALE).result() == 2.0
         print("ok", ctx.get_start_method())
 ''')
+
+
+KILLED_PARENT = textwrap.dedent('''
+    """Starts an executor, prints its workers' pids, and is killed with SIGKILL."""
+    import multiprocessing
+    import os
+    import signal
+    import sys
+    import time
+
+    import numpy as np
+
+    from shmpool import SharedArrayExecutor
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context(sys.argv[1])
+        ex = SharedArrayExecutor(2, ctx, arrays={"x": np.zeros(10)})
+        futures = [ex.submit(time.sleep, 0.5) for _ in range(2)]
+        pids = sorted(ex._processes)
+        print(*pids, flush=True)
+        ex.submit(time.sleep, 600)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+''')
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
 
 
 # -- the behaviours ---------------------------------------------------------------------
@@ -382,6 +416,28 @@ class ExecutorCases(object):
             assert ex.submit(give_back, 1).result(60) == 1
             with pytest.raises(cf_process.BrokenProcessPool):
                 ex.submit(os._exit, 3).result(60)
+
+    def test_workers_exit_when_the_parent_is_killed(self, tmp_path):
+        script = tmp_path / "killed_parent.py"
+        script.write_text(KILLED_PARENT)
+        out, err = tmp_path / "out", tmp_path / "err"
+        with out.open("w") as stdout, err.open("w") as stderr:  # no pipe to outlive it
+            proc = subprocess.run([sys.executable, str(script), self.start_method],
+                                  stdout=stdout, stderr=stderr, timeout=100)
+        assert proc.returncode == -signal.SIGKILL, err.read_text()
+        pids = [int(p) for p in out.read_text().split()]
+        assert len(pids) == 2, out.read_text()
+        try:
+            deadline = time.time() + 5
+            while any(map(alive, pids)) and time.time() < deadline:
+                time.sleep(0.1)
+            assert not any(map(alive, pids)), "workers outlived their parent"
+        finally:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
 
     def test_arrays_readable_after_shutdown(self):
         with self.executor(2, arrays={"x": np.arange(6.0)}) as ex:

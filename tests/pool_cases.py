@@ -223,6 +223,10 @@ class PoolCases(object):
         gc.collect()
         assert not file_in_use(block)
 
+    def test_portable_path_without_proc(self, monkeypatch):
+        monkeypatch.setenv("SHMPOOL_PORTABLE", "1")
+        assert run_script("portable.py", self.start_method).split() == ["ok"]
+
     def test_dropin_script_and_set_start_method(self):
         out = run_script("dropin.py", self.start_method)
         assert out.split() == ["ok", self.start_method]

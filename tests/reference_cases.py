@@ -65,6 +65,10 @@ def unpickle(payload):
     return pickle.loads(payload)
 
 
+def pickled(payload):
+    return Pickled(payload)
+
+
 class Pickled(object):
     """Travels as bytes that the receiver unpickles while unpickling it."""
 
@@ -268,6 +272,8 @@ class ReferenceCases(object):
                 pool.apply(unpickle, (payload,))
             with pytest.raises(shmpool.BlockUnavailable, match="exited"):
                 pool.map(give_back, [1, Pickled(payload), 3])
+            with pytest.raises(shmpool.BlockUnavailable, match="exited"):
+                pool.apply(pickled, (payload,))  # rebuilt by the result thread
             assert pool.map(give_back, [1, 2]) == [1, 2]  # still usable
 
     def test_freed_or_reused_block_is_never_a_wrong_view(self):
