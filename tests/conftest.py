@@ -82,6 +82,31 @@ def no_shm_files_left():
     assert after <= before, "files left in /dev/shm: %r" % sorted(after - before)
 
 
+class StartMethodCases(object):
+    """Base of the *_cases mixins: test_fork/spawn/forkserver set start_method."""
+
+    start_method = None
+
+    @property
+    def ctx(self):
+        return multiprocessing.get_context(self.start_method)
+
+    def pool(self, *args, **kwds):
+        from shmpool import SharedArrayPool
+
+        kwds.setdefault("context", self.ctx)
+        return SharedArrayPool(*args, **kwds)
+
+
+def process_alive(pid):
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
 def run_script(name, *args, timeout=120):
     """Run tests/scripts/NAME as __main__ in a fresh interpreter; return stdout."""
     import subprocess

@@ -1,7 +1,6 @@
 """Sharing after start and progress bars, written once; run under each start
 method by test_fork/spawn/forkserver."""
 
-import multiprocessing
 import sys
 import time
 
@@ -9,9 +8,8 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import SharedArrayPool
 
-from conftest import file_in_use, shm_file
+from conftest import StartMethodCases, file_in_use, shm_file
 
 
 def names(_=None):
@@ -50,16 +48,7 @@ class Recorder(object):
         self.closed = True
 
 
-class FeatureCases(object):
-    start_method = None
-
-    @property
-    def ctx(self):
-        return multiprocessing.get_context(self.start_method)
-
-    def pool(self, *args, **kwds):
-        kwds.setdefault("context", self.ctx)
-        return SharedArrayPool(*args, **kwds)
+class FeatureCases(StartMethodCases):
 
     def test_share_after_start(self):
         with self.pool(2, arrays={"a": np.ones(4)}) as pool:

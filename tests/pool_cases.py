@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import SharedArrayPool
 
-from conftest import file_in_use, run_script, shm_file
+from conftest import StartMethodCases, file_in_use, run_script, shm_file
 from test_memory import DTYPES, sample, same
 
 # -- task functions (module level, so that spawn can import them) --------------------
@@ -75,16 +74,7 @@ def shares_memory_with_x(a):
 # -- the behaviours ---------------------------------------------------------------------
 
 
-class PoolCases(object):
-    start_method = None
-
-    @property
-    def ctx(self):
-        return multiprocessing.get_context(self.start_method)
-
-    def pool(self, *args, **kwds):
-        kwds.setdefault("context", self.ctx)
-        return SharedArrayPool(*args, **kwds)
+class PoolCases(StartMethodCases):
 
     def test_workers_write_float16_in_place(self):
         x = np.arange(1000, dtype=np.float16)

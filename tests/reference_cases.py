@@ -3,8 +3,6 @@ written once; test_fork/spawn/forkserver run it under their start method."""
 
 import functools
 import gc
-import multiprocessing
-import os
 import pickle
 import time
 from multiprocessing.reduction import ForkingPickler
@@ -15,7 +13,7 @@ import pytest
 import shmpool
 from shmpool import SharedArrayPool, blocks, inflight, worker
 
-from conftest import file_in_use, open_fds, shm_file
+from conftest import StartMethodCases, file_in_use, open_fds, shm_file
 
 
 def views_of(base):
@@ -114,16 +112,7 @@ def child_queue_echo(q_in, q_out):
     q_out.put(v[1:])
 
 
-class ReferenceCases(object):
-    start_method = None
-
-    @property
-    def ctx(self):
-        return multiprocessing.get_context(self.start_method)
-
-    def pool(self, *args, **kwds):
-        kwds.setdefault("context", self.ctx)
-        return SharedArrayPool(*args, **kwds)
+class ReferenceCases(StartMethodCases):
 
     def test_big_array_costs_a_few_hundred_bytes_per_task(self):
         X = shmpool.zeros((50, 500000), np.float64)  # 200 MB, made outside the pool

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import SharedArrayPool, WorkerDied
+from shmpool import WorkerDied
 
-from conftest import HERE, file_in_use
+from conftest import HERE, StartMethodCases, file_in_use, process_alive
 
 # -- functions run in workers -------------------------------------------------------
 
@@ -49,18 +49,7 @@ def total(name):
     return float(shmpool.arrays[name].sum())
 
 
-class ReliabilityCases(object):
-    start_method = None
-
-    @property
-    def ctx(self):
-        import multiprocessing
-
-        return multiprocessing.get_context(self.start_method)
-
-    def pool(self, *args, **kwds):
-        kwds.setdefault("context", self.ctx)
-        return SharedArrayPool(*args, **kwds)
+class ReliabilityCases(StartMethodCases):
 
     @pytest.mark.parametrize("how,match", [
         ("exit", "exited with code 3"),
@@ -115,13 +104,13 @@ class ReliabilityCases(object):
         try:
             pids = [int(p) for p in proc.stdout.readline().split()]
             inode = tuple(int(v) for v in proc.stdout.readline().split())
-            assert len(pids) == 2 and all(_exists(p) for p in pids)
+            assert len(pids) == 2 and all(process_alive(p) for p in pids)
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             deadline = time.monotonic() + 1.5
-            while any(_exists(p) for p in pids) and time.monotonic() < deadline:
+            while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert not any(_exists(p) for p in pids), "workers outlived the parent"
+            assert not any(process_alive(p) for p in pids), "workers outlived the parent"
             assert not file_in_use(inode), "shared memory outlived the parent"
         finally:
             proc.kill()
@@ -139,16 +128,8 @@ class ReliabilityCases(object):
             out, err = proc.communicate(timeout=10)
             assert time.monotonic() - start < 1.5
             assert out.split()[-3:] == ["KeyboardInterrupt", "no-workers", "no-block"], err
-            assert not any(_exists(p) for p in pids), "workers left behind"
+            assert not any(process_alive(p) for p in pids), "workers left behind"
             assert not file_in_use(inode), "shared block left behind"
         finally:
             proc.kill()
             proc.wait()
-
-
-def _exists(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False

@@ -16,17 +16,9 @@ def slow(i):
     return i
 
 
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from conftest import file_in_use, shm_file
+    from conftest import file_in_use, process_alive, shm_file
 
     ctx = multiprocessing.get_context(sys.argv[1])
     interrupted = False
@@ -43,5 +35,5 @@ if __name__ == "__main__":
     del pool
     gc.collect()
     print("KeyboardInterrupt" if interrupted else "not-interrupted",
-          "workers-left" if any(map(alive, pids)) else "no-workers",
+          "workers-left" if any(map(process_alive, pids)) else "no-workers",
           "block-left" if file_in_use(block) else "no-block")
