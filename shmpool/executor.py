@@ -110,8 +110,11 @@ if _SafeQueue is not None:
         """The call queue, as workers read it."""
 
         def get(self, block=True, timeout=None):
-            with reduction.tolerant() as failures:
+            failures = reduction.tolerate()
+            try:
                 item = super(_CallQueue, self).get(block, timeout)
+            finally:
+                reduction.tolerate(None)
             if failures and hasattr(item, "work_id"):
                 item.fn, item.args, item.kwargs = _raise, (failures[0],), {}
             return item
@@ -131,8 +134,11 @@ class _ResultReader(object):
         self._connection = connection
 
     def recv(self):
-        with reduction.tolerant() as failures:
+        failures = reduction.tolerate()
+        try:
             item = self._connection.recv()
+        finally:
+            reduction.tolerate(None)
         if failures and hasattr(item, "work_id"):
             item.result, item.exception = None, failures[0]
         return item

@@ -27,19 +27,53 @@ queues, handler threads, worker loop and ``maxtasksperchild`` replacement (the
 initializer runs in every replacement worker, so they get the arrays too).
 """
 
+from __future__ import annotations
+
 import collections
 import functools
 import multiprocessing
 import os
 import threading
+import time
 from multiprocessing import pool as _mp_pool
-
-import numpy as np
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
+                    Optional, Tuple, overload)
 
 from . import ndarrays, pickling, progress, reduction, registry, supervisor, worker
 
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import BaseContext
+    from multiprocessing.pool import ApplyResult, IMapIterator
+    from typing import Literal, TypeVar
 
-class SharedArrayPool(_mp_pool.Pool):
+    import numpy as np
+    import numpy.typing as npt
+
+    from .progress import ProgressSpec
+
+    _S = TypeVar("_S")
+    _T = TypeVar("_T")
+    _ScalarT = TypeVar("_ScalarT", bound=np.generic)
+
+    class _Pool(_mp_pool.Pool):
+        # multiprocessing.pool.Pool's private attributes used here, which
+        # typeshed leaves out.
+        _state: str
+        _pool: List[Any]
+        _ctx: Any
+        _cache: Dict[int, supervisor.Pending]
+
+        def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
+                       mapper: Callable[..., Any], chunksize: Optional[int] = None,
+                       callback: Optional[Callable[[Any], object]] = None,
+                       error_callback: Optional[Callable[[BaseException], object]] = None,
+                       ) -> progress.MapResult[Any]: ...
+else:
+    _Pool = _mp_pool.Pool
+
+
+class SharedArrayPool(_Pool):
     """A ``multiprocessing.Pool`` whose workers see ``arrays`` as
     ``shmpool.arrays``: zero-copy views of the same shared memory.
 
@@ -48,8 +82,11 @@ class SharedArrayPool(_mp_pool.Pool):
     read-only view of them, readable even after the pool is closed.
     """
 
-    def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None, *, arrays=None):
+    def __init__(self, processes: Optional[int] = None,
+                 initializer: Optional[Callable[..., object]] = None,
+                 initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None,
+                 context: Optional[BaseContext] = None, *,
+                 arrays: Optional[Mapping[str, npt.NDArray[Any]]] = None) -> None:
         # Pool.__del__ (3.8+) reads these even when __init__ failed early.
         self._pool, self._state = [], getattr(_mp_pool, "INIT", "INIT")
         if initializer is not None and not callable(initializer):
@@ -71,13 +108,14 @@ class SharedArrayPool(_mp_pool.Pool):
         self._supervisor.start(self)
 
     @staticmethod
-    def Process(*args, **kwds):
+    def Process(*args: Any, **kwds: Any) -> Any:  # a supervisor.Worker
         # Pool makes every worker here, replacements included.  3.8+ calls
         # Process(ctx, target=worker, args=...), 3.7 Process(target=..., args=...).
         ctx = args[0] if args else None
         return kwds["args"][3][-1].process(ctx, kwds)
 
-    def share(self, name, array):
+    def share(self, name: str,
+              array: np.ndarray[Any, np.dtype[_ScalarT]]) -> npt.NDArray[_ScalarT]:
         """Share ``array`` under ``name`` with the running workers, as
         ``arrays=`` would have: an array already shared is used as it is, any
         other is copied once.  Workers see it from their next task on."""
@@ -92,7 +130,7 @@ class SharedArrayPool(_mp_pool.Pool):
             self.arrays._arrays = arrays
         return arrays[name]
 
-    def unshare(self, name):
+    def unshare(self, name: str) -> None:
         """Stop sharing ``name``: workers let go of it after their current task
         (idle ones within a quarter second), and its memory is returned once no
         process uses it."""
@@ -105,12 +143,12 @@ class SharedArrayPool(_mp_pool.Pool):
             self._registry.publish(arrays)
             self.arrays._arrays = arrays
 
-    def _check_sharing(self):
+    def _check_sharing(self) -> None:
         if self._state != _mp_pool.RUN:
             raise ValueError("shmpool: the pool is closed; it can no longer share "
                              "or unshare arrays")
 
-    def _setup_queues(self):
+    def _setup_queues(self) -> None:
         # As Pool._setup_queues (3.7 to 3.13), with queues that keep the
         # worker's status (see supervisor) and survive a shared array that can
         # no longer be reached.
@@ -119,38 +157,78 @@ class SharedArrayPool(_mp_pool.Pool):
         self._quick_put = functools.partial(worker.send_task, self._inqueue._writer.send_bytes)
         self._quick_get = _ResultReceiver(self._outqueue._reader)
 
-    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
+    @staticmethod
+    def _help_stuff_finish(inqueue: worker.TaskQueue, task_handler: threading.Thread,
+                           size: int) -> None:
+        # As Pool._help_stuff_finish (3.8 to 3.13; 3.7 drains alike): drop the
+        # tasks still queued, as bytes, for they are framed (see send_task).
+        inqueue._rlock.acquire()
+        while task_handler.is_alive() and inqueue._reader.poll():
+            inqueue._reader.recv_bytes()
+            time.sleep(0)
+
+    def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {},
+                    callback: Optional[Callable[[_T], object]] = None,
+                    error_callback: Optional[Callable[[BaseException], object]] = None,
+                    ) -> ApplyResult[_T]:
         return super(SharedArrayPool, self).apply_async(
             pickling.portable(func), args, kwds, callback, error_callback)
 
-    def _map_async(self, func, iterable, mapper, chunksize=None, callback=None,
-                   error_callback=None):
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
+                   mapper: Callable[..., Any], chunksize: Optional[int] = None,
+                   callback: Optional[Callable[[Any], object]] = None,
+                   error_callback: Optional[Callable[[BaseException], object]] = None,
+                   ) -> progress.MapResult[Any]:
         # map, map_async, starmap and starmap_async all come through here.
         return super(SharedArrayPool, self)._map_async(
             pickling.portable(func), iterable, mapper, chunksize, callback,
             error_callback)
 
-    def map(self, func, iterable, chunksize=None, *, progress=None):
+    def map(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+            chunksize: Optional[int] = None, *, progress: ProgressSpec = None) -> List[_T]:
         """As ``Pool.map``; ``progress=True`` shows a progress bar (see
         ``shmpool.progress``)."""
         return self._mapped(func, iterable, _mp_pool.mapstar, chunksize, progress, "map")
 
-    def starmap(self, func, iterable, chunksize=None, *, progress=None):
+    def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                chunksize: Optional[int] = None, *,
+                progress: ProgressSpec = None) -> List[_T]:
         """As ``Pool.starmap``, with ``progress`` as for ``map``."""
         return self._mapped(func, iterable, _mp_pool.starmapstar, chunksize, progress,
                             "starmap")
 
-    def imap(self, func, iterable, chunksize=1, *, progress=None):
+    @overload
+    def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+             chunksize: Optional[int] = 1, *,
+             progress: Literal[False, None] = None) -> IMapIterator[_T]: ...
+    @overload
+    def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+             chunksize: Optional[int] = 1, *, progress: ProgressSpec) -> Iterator[_T]: ...
+    def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+             chunksize: Optional[int] = 1, *, progress: ProgressSpec = None) -> Iterator[_T]:
         """As ``Pool.imap``, with ``progress`` as for ``map``."""
         return self._iterated(super(SharedArrayPool, self).imap, func, iterable,
                               chunksize, progress, "imap")
 
-    def imap_unordered(self, func, iterable, chunksize=1, *, progress=None):
+    @overload
+    def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                       chunksize: Optional[int] = 1, *,
+                       progress: Literal[False, None] = None) -> IMapIterator[_T]: ...
+    @overload
+    def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                       chunksize: Optional[int] = 1, *,
+                       progress: ProgressSpec) -> Iterator[_T]: ...
+    def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                       chunksize: Optional[int] = 1, *,
+                       progress: ProgressSpec = None) -> Iterator[_T]:
         """As ``Pool.imap_unordered``, with ``progress`` as for ``map``."""
         return self._iterated(super(SharedArrayPool, self).imap_unordered, func,
                               iterable, chunksize, progress, "imap_unordered")
 
-    def _mapped(self, func, iterable, mapper, chunksize, progress_spec, desc):
+    def _mapped(self, func: Callable[..., _T], iterable: Iterable[Any],
+                mapper: Callable[..., Any], chunksize: Optional[int],
+                progress_spec: ProgressSpec, desc: str) -> List[_T]:
         if not progress_spec:
             return self._map_async(func, iterable, mapper, chunksize).get()
         if not hasattr(iterable, "__len__"):
@@ -159,7 +237,9 @@ class SharedArrayPool(_mp_pool.Pool):
         return progress.wait(result, len(iterable), progress_spec, desc)
 
     @staticmethod
-    def _iterated(imap, func, iterable, chunksize, progress_spec, desc):
+    def _iterated(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
+                  iterable: Iterable[Any], chunksize: Optional[int],
+                  progress_spec: ProgressSpec, desc: str) -> Iterator[_T]:
         results = imap(pickling.portable(func), iterable, chunksize)
         if not progress_spec:
             return results
@@ -173,13 +253,16 @@ class _ResultReceiver(object):
     thread; and the last results received are remembered, so the supervisor
     can tell whether a worker that died writing one had finished."""
 
-    def __init__(self, reader):
+    def __init__(self, reader: Connection) -> None:
         self.reader = reader
-        self.recent = collections.deque(maxlen=1024)
+        self.recent: collections.deque[Tuple[int, int]] = collections.deque(maxlen=1024)
 
-    def __call__(self):
-        with reduction.tolerant() as failures:
+    def __call__(self) -> Any:  # a Pool result, or None
+        failures = reduction.tolerate()
+        try:
             result = self.reader.recv()
+        finally:
+            reduction.tolerate(None)
         if result is not None:
             self.recent.append(result[:2])
             if failures:

@@ -9,11 +9,13 @@ queues, ``Process`` arguments, ``Queue``, ``Pipe``) to send shared arrays this
 way; arrays that are not shared, and plain ``pickle.dumps``, are untouched.
 """
 
-import contextlib
+from __future__ import annotations
+
 import ctypes
 import os
 import pickle
 import threading
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union, cast
 
 import numpy as np
 from multiprocessing.context import get_spawning_popen
@@ -21,8 +23,20 @@ from multiprocessing.reduction import ForkingPickler
 
 from . import _compat, blocks, inflight, ndarrays
 
+if TYPE_CHECKING:
+    from multiprocessing.heap import BufferWrapper
 
-def reference(a, hold=False):
+    import numpy.typing as npt
+
+    #: What ``reference`` returns and ``rebuild`` takes: the block's name (a
+    #: ``blocks.Name`` as a tuple), the view's offset in the block, shape,
+    #: strides, dtype, writeability and class, and its acknowledgement.
+    Reference = Tuple[Tuple[int, ...], int, Tuple[int, ...], Tuple[int, ...],
+                      "np.dtype[Any]", bool, "type[npt.NDArray[Any]]",
+                      Optional[inflight.Ack]]
+
+
+def reference(a: npt.NDArray[Any], hold: bool = False) -> Optional[Reference]:
     """The arguments of ``rebuild`` for a shared ndarray ``a``, or None if ``a``
     is not shared.  With ``hold``, a block this process created stays alive
     until the reference is received (see ``inflight``)."""
@@ -30,7 +44,7 @@ def reference(a, hold=False):
     return located and located[1]
 
 
-def _locate(a, hold):
+def _locate(a: npt.NDArray[Any], hold: bool) -> Optional[Tuple[blocks.Buffer, Reference]]:
     where = ndarrays.locate(a)
     if where is None:
         return None
@@ -41,10 +55,13 @@ def _locate(a, hold):
                     a.flags.writeable, type(a), ack)
 
 
-def rebuild(name, offset, shape, strides, dtype, writeable, cls, ack=None):
+def rebuild(name: Tuple[int, ...], offset: int, shape: Tuple[int, ...],
+            strides: Tuple[int, ...], dtype: np.dtype[Any], writeable: bool,
+            cls: type[npt.NDArray[Any]],
+            ack: Optional[inflight.Ack] = None) -> Optional[npt.NDArray[Any]]:
     """The view that ``reference`` described, on this process's mapping of the
     block.  Raises ``blocks.BlockUnavailable`` if the block is gone, except
-    inside ``tolerant()``."""
+    after ``tolerate()``."""
     try:
         buffer = blocks.attach(blocks.Name(*name))
     except blocks.BlockUnavailable as e:
@@ -66,20 +83,16 @@ def rebuild(name, offset, shape, strides, dtype, writeable, cls, ack=None):
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def tolerant():
-    """Within this block a reference that cannot be rebuilt becomes None and its
-    error is appended to the yielded list, instead of raising: the pool's worker
-    loop and result thread survive only OSError and EOFError."""
-    outer = getattr(_local, "failures", None)
-    _local.failures = failures = []
-    try:
-        yield failures
-    finally:
-        _local.failures = outer
+def tolerate(failures: object = ()) -> Optional[List[blocks.BlockUnavailable]]:
+    """From now on in this thread, a reference that cannot be rebuilt becomes
+    None and its error is appended to the returned list, instead of raising:
+    the pool's worker loop and result thread survive only OSError and EOFError.
+    ``tolerate(None)`` ends that."""
+    _local.failures = [] if failures is not None else None
+    return cast("Optional[List[blocks.BlockUnavailable]]", _local.failures)
 
 
-def _reduce(a):
+def _reduce(a: npt.NDArray[Any]) -> Union[str, Tuple[Any, ...]]:
     located = _locate(a, hold=True)
     if located is None:
         return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
@@ -91,16 +104,18 @@ def _reduce(a):
     return rebuild, ref
 
 
-def _rebuild_carried(wrapper, offset, ref):
+def _rebuild_carried(wrapper: BufferWrapper, offset: int,
+                     ref: Reference) -> Optional[npt.NDArray[Any]]:
     name = blocks.Name(*ref[0])
     view = wrapper.create_memoryview()
-    buffer = (ctypes.c_byte * (blocks.HEADER + name.size)).from_buffer(view, offset)
+    buffer = cast("blocks.Buffer",
+                  (ctypes.c_byte * (blocks.HEADER + name.size)).from_buffer(view, offset))
     buffer._wrapper, buffer._wrapper_offset = wrapper, offset
     blocks.adopt(buffer, name)
     return rebuild(*ref)
 
 
-def register():
+def register() -> None:
     """Send shared arrays as references wherever multiprocessing pickles."""
     for cls in (np.ndarray, np.memmap, np.recarray):
         ForkingPickler.register(cls, _reduce)

@@ -8,12 +8,20 @@ sees a new even version, before each task and every quarter second when idle,
 so an unshared array is let go of promptly.
 """
 
+from __future__ import annotations
+
 import pickle
 import threading
+from typing import TYPE_CHECKING, Any, Dict, Mapping, cast
 
 import numpy as np
 
 from . import ndarrays, reduction
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from .worker import ArrayMap
 
 CAPACITY = 1 << 20  # bytes of pickled references: some thousands of arrays
 _HEAD = 16
@@ -22,11 +30,11 @@ _HEAD = 16
 class Registry(object):
     """The parent's side: publishes the pool's arrays."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.block = ndarrays.zeros(_HEAD + CAPACITY, np.uint8)
-        self.version = self.block[:_HEAD].view(np.int64)
+        self.version = memoryview(self.block[:_HEAD].view(np.int64))  # quick to read
 
-    def publish(self, arrays):
+    def publish(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         """Make ``arrays`` (name -> shared ndarray) what every worker sees."""
         payload = pickle.dumps([(name, reduction.reference(a)) for name, a in arrays.items()],
                                pickle.HIGHEST_PROTOCOL)
@@ -44,14 +52,14 @@ class Registry(object):
 class View(object):
     """A worker's side: follows the parent's table into ``shmpool.arrays``."""
 
-    def __init__(self, block, target):
+    def __init__(self, block: npt.NDArray[np.uint8], target: ArrayMap) -> None:
         self.block = block
-        self.version = self.block[:_HEAD].view(np.int64)
+        self.version = memoryview(self.block[:_HEAD].view(np.int64))  # quick to read
         self.seen = -1
         self.target = target  # the worker's ArrayMap
         self.lock = threading.Lock()
 
-    def refresh(self):
+    def refresh(self) -> None:
         """Reload the arrays if the parent changed them since last time."""
         if int(self.version[0]) == self.seen:
             return
@@ -67,14 +75,15 @@ class View(object):
                 if int(self.version[0]) == v:
                     break
             current = self.target._arrays
-            arrays = {}
+            arrays: Dict[str, npt.NDArray[Any]] = {}
             for name, ref in pickle.loads(payload):
                 old = current.get(name)
-                if old is not None and reduction.reference(old)[:7] == ref[:7]:
+                if (old is not None and  # a shared array: it has a reference
+                        cast("reduction.Reference", reduction.reference(old))[:7] == ref[:7]):
                     arrays[name] = old
                     continue
-                try:
-                    arrays[name] = reduction.rebuild(*ref)
+                try:  # not tolerant here: a reference is rebuilt, or raises
+                    arrays[name] = cast("npt.NDArray[Any]", reduction.rebuild(*ref))
                 except Exception:  # its memory is gone: the name is left out
                     pass
             self.target._arrays = arrays
