@@ -13,6 +13,8 @@ Importing shmpool teaches ``multiprocessing``'s pickler to send shared arrays,
 and views of them, as small references to the same memory.
 """
 
+from __future__ import annotations
+
 from .blocks import BlockUnavailable
 from .executor import SharedArrayExecutor
 from .memory import SharedMemoryWarning

@@ -1,9 +1,15 @@
 """What differs between the platforms and Pythons shmpool runs on, in one place."""
 
+from __future__ import annotations
+
 import contextlib
 import mmap
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Iterator
 
 #: Linux: a process can open another's descriptor through /proc/PID/fd/N, so a
 #: block reaches any process of the same user by its creator's pid and fd.
@@ -21,7 +27,7 @@ posix_fallocate = getattr(os, "posix_fallocate", None)
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if LINUX else 0)
 
 
-def raise_fd_limit():
+def raise_fd_limit() -> bool:
     """Raise this process's soft limit on open files towards the hard one
     (each shared block holds a descriptor in its creator); False if it can't."""
     try:
@@ -36,9 +42,12 @@ def raise_fd_limit():
     return True
 
 
-try:
+if TYPE_CHECKING:
     nullcontext = contextlib.nullcontext
-except AttributeError:  # 3.7
-    @contextlib.contextmanager
-    def nullcontext():
-        yield
+else:
+    try:
+        nullcontext = contextlib.nullcontext
+    except AttributeError:  # 3.7
+        @contextlib.contextmanager
+        def nullcontext() -> Iterator[None]:
+            yield

@@ -12,8 +12,9 @@ The table holds blocks weakly: a block lives as long as some array uses its
 memory, and leaves the table when it dies.
 """
 
+from __future__ import annotations
+
 import bisect
-import collections
 import ctypes
 import errno
 import itertools
@@ -21,19 +22,35 @@ import os
 import struct
 import threading
 import weakref
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
 
 from . import _compat, memory
+
+if TYPE_CHECKING:
+    from multiprocessing.heap import BufferWrapper
 
 HEADER = 64
 _HEADER = struct.Struct("<8sQQ")
 _MAGIC = b"shmpool\x01"
 
 #: Everything a process needs to reach a block it does not hold yet.
-Name = collections.namedtuple("Name", "pid serial tag fd offset size")
+Name = NamedTuple("Name", [("pid", int), ("serial", int), ("tag", int), ("fd", int),
+                           ("offset", int), ("size", int)])
 
 
 class BlockUnavailable(RuntimeError):
     """A shared block named in a message can no longer be reached."""
+
+
+if TYPE_CHECKING:
+    class Buffer(ctypes.Array[ctypes.c_byte]):
+        """A block's memory, header included: a ctypes byte array (of any
+        length) that carries its Block, and on the portable path the
+        ``multiprocessing.heap`` wrapper that owns it."""
+
+        _shmpool_block: Block
+        _wrapper: BufferWrapper
+        _wrapper_offset: int
 
 
 class Block(object):
@@ -41,13 +58,13 @@ class Block(object):
 
     __slots__ = ("name", "start", "stop")
 
-    def __init__(self, name, start):
+    def __init__(self, name: Name, start: int) -> None:
         self.name = name
         self.start = start  # address of the header
         self.stop = start + HEADER + name.size
 
     @property
-    def data(self):
+    def data(self) -> int:
         """Address of the first data byte."""
         return self.start + HEADER
 
@@ -55,14 +72,15 @@ class Block(object):
 class _Table(object):
     """Weak maps from name and from address to a block's buffer."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.by_key = {}
-        self.starts = []  # sorted header addresses
-        self.refs = []    # weakref to the buffer, parallel to starts
-        self.dead = []    # keys of collected blocks, purged under the lock
+        self.by_key: Dict[Tuple[int, ...], weakref.ref[Buffer]] = {}  # (pid, serial) ->
+        self.starts: List[int] = []  # sorted header addresses
+        self.refs: List[weakref.ref[Buffer]] = []  # weakref to the buffer, parallel to starts
+        # keys of collected blocks, purged under the lock
+        self.dead: List[Tuple[Tuple[int, ...], int]] = []
 
-    def purge(self):
+    def purge(self) -> None:
         while self.dead:
             key, start = self.dead.pop()
             ref = self.by_key.get(key)
@@ -72,10 +90,14 @@ class _Table(object):
             if i < len(self.starts) and self.starts[i] == start and self.refs[i]() is None:
                 del self.starts[i], self.refs[i]
 
-    def add(self, buffer, block):
+    def add(self, buffer: Buffer, block: Block) -> None:
         key = block.name[:2]
         dead = self.dead
-        ref = weakref.ref(buffer, lambda _, k=key, s=block.start: dead.append((k, s)))
+
+        def forget(_: object, k: Tuple[int, ...] = key, s: int = block.start) -> None:
+            dead.append((k, s))
+
+        ref = weakref.ref(buffer, forget)
         with self.lock:
             self.purge()
             self.by_key[key] = ref
@@ -91,7 +113,7 @@ _table = _Table()
 _serial = itertools.count(1)
 
 
-def _after_fork():
+def _after_fork() -> None:
     _table.lock = threading.Lock()
 
 
@@ -99,7 +121,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-def new(size, zero=False):
+def new(size: int, zero: bool = False) -> Buffer:
     """Create a block of ``size`` data bytes; return its buffer (header included)."""
     buffer, fd, offset = memory.allocate(HEADER + size, zero)
     tag = struct.unpack("<Q", os.urandom(8))[0]
@@ -108,7 +130,7 @@ def new(size, zero=False):
     return adopt(buffer, name)
 
 
-def adopt(buffer, name):
+def adopt(buffer: Buffer, name: Name) -> Buffer:
     """Enter ``buffer``, the block ``name``, in this process's table."""
     block = Block(name, ctypes.addressof(buffer))
     buffer._shmpool_block = block
@@ -116,12 +138,12 @@ def adopt(buffer, name):
     return buffer
 
 
-def block_of(buffer):
+def block_of(buffer: Buffer) -> Block:
     """The Block record of a buffer that ``new`` or ``attach`` returned."""
     return buffer._shmpool_block
 
 
-def find(address, nbytes=0):
+def find(address: int, nbytes: int = 0) -> Optional[Buffer]:
     """The buffer of the live block whose data holds ``[address, address+nbytes)``,
     or None."""
     table = _table
@@ -139,7 +161,7 @@ def find(address, nbytes=0):
     return None
 
 
-def attach(name):
+def attach(name: Name) -> Buffer:
     """The buffer of the block ``name``: the one this process holds, or the
     creator's, mapped here once.  Raises ``BlockUnavailable`` if it is gone."""
     with _table.lock:
@@ -171,7 +193,7 @@ def attach(name):
     return adopt(buffer, name)
 
 
-def _open_creators_fd(name):
+def _open_creators_fd(name: Name) -> int:
     path = "/proc/%d/fd/%d" % (name.pid, name.fd)
     try:
         return os.open(path, os.O_RDWR)
@@ -181,6 +203,6 @@ def _open_creators_fd(name):
     return os.open(path, os.O_RDWR)
 
 
-def _gone(name, why):
+def _gone(name: Name, why: str) -> str:
     return ("shmpool: shared block %d of process %d (%d bytes) %s"
             % (name.serial, name.pid, name.size, why))

@@ -4,30 +4,37 @@
     python -m shmpool.demo [--mb 256] [--workers 2] [--start-method spawn]
 """
 
+from __future__ import annotations
+
 import argparse
 import multiprocessing
 import time
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Tuple, cast
 
 import numpy as np
 
 import shmpool
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 COLUMNS = 1024
 
 
-def norms(chunk):
+def norms(chunk: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
     """Plain Pool: the chunk arrives pickled, its norms go back pickled."""
-    return np.sqrt(np.square(chunk, dtype=np.float32).sum(axis=1))
+    return cast("npt.NDArray[np.float32]",  # numpy's stubs: sum(axis=...) -> Any
+                np.sqrt(np.square(chunk, dtype=np.float32).sum(axis=1)))
 
 
-def norms_in_place(bounds):
+def norms_in_place(bounds: Tuple[int, int]) -> None:
     """SharedArrayPool: read rows of the shared X, write into the shared Y."""
     start, stop = bounds
     X, Y = shmpool.arrays["X"], shmpool.arrays["Y"]
     Y[start:stop] = np.sqrt(np.square(X[start:stop], dtype=np.float32).sum(axis=1))
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=256, help="size of X in MiB")
     parser.add_argument("--workers", type=int, default=2)

@@ -34,11 +34,25 @@ Everything else is ``ProcessPoolExecutor`` unchanged, including its default
 ``max_tasks_per_child``): pass one explicitly for predictable behaviour.
 """
 
+from __future__ import annotations
+
 import functools
 import os
 from concurrent.futures import process as _process
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Tuple
 
 from . import ndarrays, pickling, reduction, registry, worker
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+    from multiprocessing.connection import Connection
+    from multiprocessing.context import BaseContext
+    from typing import NoReturn, ParamSpec, TypeVar
+
+    import numpy.typing as npt
+
+    _P = ParamSpec("_P")
+    _T = TypeVar("_T")
 
 class SharedArrayExecutor(_process.ProcessPoolExecutor):
     """A ``concurrent.futures.ProcessPoolExecutor`` whose workers see ``arrays``
@@ -51,8 +65,12 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
     ``ProcessPoolExecutor``.
     """
 
-    def __init__(self, max_workers=None, mp_context=None, initializer=None,
-                 initargs=(), *, arrays=None, **kwargs):
+    def __init__(self, max_workers: Optional[int] = None,
+                 mp_context: Optional[BaseContext] = None,
+                 initializer: Optional[Callable[..., object]] = None,
+                 initargs: Iterable[Any] = (), *,
+                 arrays: Optional[Mapping[str, npt.NDArray[Any]]] = None,
+                 **kwargs: Any) -> None:
         # Everything is checked, and copied, before any executor state exists.
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
@@ -70,24 +88,29 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
             **kwargs)
         _tolerate_unreachable_blocks(self)
 
-    def submit(*args, **kwargs):
-        # (self, fn, /, *args, **kwargs), written so that Python 3.7 parses it.
-        if len(args) < 2:
-            raise TypeError("submit expected at least 1 positional argument, got %d"
-                            % max(len(args) - 1, 0))
-        self, fn = args[0], args[1]
-        if not _is_chunk_of_map(fn):  # map made it portable already
-            fn = pickling.portable(fn)
-        return super(SharedArrayExecutor, self).submit(fn, *args[2:], **kwargs)
-    submit.__doc__ = _process.ProcessPoolExecutor.submit.__doc__
+    if TYPE_CHECKING:
+        def submit(self, __fn: Callable[_P, _T], *args: _P.args,
+                   **kwargs: _P.kwargs) -> Future[_T]: ...
+    else:
+        def submit(*args: Any, **kwargs: Any) -> Future[Any]:
+            # (self, fn, /, *args, **kwargs), written so that Python 3.7 parses it.
+            if len(args) < 2:
+                raise TypeError("submit expected at least 1 positional argument, got %d"
+                                % max(len(args) - 1, 0))
+            self, fn = args[0], args[1]
+            if not _is_chunk_of_map(fn):  # map made it portable already
+                fn = pickling.portable(fn)
+            return super(SharedArrayExecutor, self).submit(fn, *args[2:], **kwargs)
+        submit.__doc__ = _process.ProcessPoolExecutor.submit.__doc__
 
-    def map(self, fn, *iterables, **kwargs):
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
+            **kwargs: Any) -> Iterator[_T]:
         return super(SharedArrayExecutor, self).map(
             pickling.portable(fn), *iterables, **kwargs)
     map.__doc__ = _process.ProcessPoolExecutor.map.__doc__
 
 
-def _is_chunk_of_map(fn):
+def _is_chunk_of_map(fn: object) -> bool:
     """``ProcessPoolExecutor.map`` submits ``partial(_process_chunk, fn)``."""
     return (type(fn) is functools.partial
             and fn.func is getattr(_process, "_process_chunk", None))
@@ -103,16 +126,19 @@ def _is_chunk_of_map(fn):
 # args, kwargs), a SimpleQueue of _ResultItem with work_id, exception, result);
 # elsewhere the executor keeps ProcessPoolExecutor's behaviour.
 
-_SafeQueue = getattr(_process, "_SafeQueue", None)
+if TYPE_CHECKING:
+    from concurrent.futures.process import _SafeQueue
+else:
+    _SafeQueue = getattr(_process, "_SafeQueue", None)
 
 if _SafeQueue is not None:
     class _CallQueue(_SafeQueue):
         """The call queue, as workers read it."""
 
-        def get(self, block=True, timeout=None):
+        def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
             failures = reduction.tolerate()
             try:
-                item = super(_CallQueue, self).get(block, timeout)
+                item: Any = super(_CallQueue, self).get(block, timeout)  # a _CallItem
             finally:
                 reduction.tolerate(None)
             if failures and hasattr(item, "work_id"):
@@ -120,7 +146,7 @@ if _SafeQueue is not None:
             return item
 
 
-def _raise(error):
+def _raise(error: BaseException) -> NoReturn:
     raise error
 
 
@@ -130,10 +156,10 @@ class _ResultReader(object):
 
     __slots__ = ("_connection",)
 
-    def __init__(self, connection):
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
-    def recv(self):
+    def recv(self) -> Any:
         failures = reduction.tolerate()
         try:
             item = self._connection.recv()
@@ -143,21 +169,22 @@ class _ResultReader(object):
             item.result, item.exception = None, failures[0]
         return item
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self._connection.fileno()
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
 
-    def __reduce__(self):  # a spawned worker gets the plain connection
+    def __reduce__(self) -> Tuple[Callable[[Connection], Connection], Tuple[Connection]]:
+        # a spawned worker gets the plain connection
         return _same, (self._connection,)
 
 
-def _same(obj):
+def _same(obj: _T) -> _T:
     return obj
 
 
-def _tolerate_unreachable_blocks(executor):
+def _tolerate_unreachable_blocks(executor: SharedArrayExecutor) -> None:
     calls = getattr(executor, "_call_queue", None)
     if _SafeQueue is not None and type(calls) is _SafeQueue:
         calls.__class__ = _CallQueue

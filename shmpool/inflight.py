@@ -9,13 +9,21 @@ mapped, and the sender lets go of blocks whose slots are clear.  A reference
 that is never received is let go after ``HOLD_SECONDS``.
 """
 
+from __future__ import annotations
+
 import collections
 import gc
 import os
 import threading
 import time
+from typing import TYPE_CHECKING, Dict, Optional, Tuple, cast
 
 from . import blocks
+
+if TYPE_CHECKING:
+    #: What a reference carries to be acknowledged: the name of the sender's
+    #: ack page (a ``blocks.Name`` as a tuple), a slot in it, its generation.
+    Ack = Tuple[Tuple[int, ...], int, int]
 
 HOLD_SECONDS = 60.0
 _SLOTS = 1 << 16
@@ -23,21 +31,23 @@ _PAGES_KEPT = 64  # senders' ack pages a receiver keeps mapped
 
 
 class _Sender(object):
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.page = None        # this process's ack page (a block buffer)
-        self.holds = {}         # slot -> (generation, buffer, deadline)
+        self.page: Optional[blocks.Buffer] = None  # this process's ack page
+        # slot -> (generation, buffer, deadline)
+        self.holds: Dict[int, Tuple[int, blocks.Buffer, float]] = {}
         self.cursor = 0
         self.generation = 0
         self.next_sweep = 0.0
 
 
 _sender = _Sender()
-_pages = collections.OrderedDict()  # receiver side: sender's page key -> buffer
+# receiver side: sender's page key -> buffer
+_pages: collections.OrderedDict[Tuple[int, ...], blocks.Buffer] = collections.OrderedDict()
 _SWEEP_EVERY = 0.05  # seconds between sweeps, but for explicit gc.collect()
 
 
-def hold(buffer):
+def hold(buffer: blocks.Buffer) -> Optional[Ack]:
     """Keep ``buffer`` alive until a receiver acknowledges; return the
     acknowledgement the reference carries, or None."""
     s = _sender
@@ -58,16 +68,16 @@ def hold(buffer):
         return tuple(blocks.block_of(s.page).name), slot, s.generation
 
 
-def _sweep(s):
+def _sweep(s: _Sender) -> None:
     """Let go of the holds that were acknowledged or have expired."""
-    page, now = s.page, time.monotonic()
+    page, now = cast("blocks.Buffer", s.page), time.monotonic()  # there once anything is held
     for slot, (generation, _, deadline) in list(s.holds.items()):
         if page[blocks.HEADER + slot] != generation or deadline <= now:
             del s.holds[slot]
     s.next_sweep = now + _SWEEP_EVERY
 
 
-def release(force=True):
+def release(force: bool = True) -> None:
     """Let go of what can be let go now; run by the garbage collector too."""
     s = _sender
     if s.holds and (force or time.monotonic() >= s.next_sweep) and s.lock.acquire(False):
@@ -77,7 +87,7 @@ def release(force=True):
             s.lock.release()
 
 
-def acknowledge(page, slot, generation):
+def acknowledge(page: Tuple[int, ...], slot: int, generation: int) -> None:
     """Tell the sender whose ack page is ``page`` that its reference arrived."""
     key = tuple(page[:2])
     buffer = _pages.get(key)
@@ -94,7 +104,7 @@ def acknowledge(page, slot, generation):
         buffer[i] = 0
 
 
-def _after_fork():
+def _after_fork() -> None:
     global _sender
     _sender = _Sender()
     _pages.clear()
@@ -104,7 +114,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 
-def _on_gc(phase, info):
+def _on_gc(phase: str, info: Dict[str, int]) -> None:
     if phase == "start":
         release(force=info.get("generation") == 2)
 

@@ -5,27 +5,62 @@ every dtype with a fixed item size (float16, longdouble, strings, records,
 extension dtypes such as bfloat16), where ``np.ctypeslib`` knows only a few.
 """
 
+from __future__ import annotations
+
 import operator
 import sys
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union, overload
 
 import numpy as np
 
 from . import blocks
 
+if TYPE_CHECKING:
+    from typing import Literal, Sequence, SupportsIndex, TypeVar
 
-def empty(shape, dtype=float, order="C"):
+    import numpy.typing as npt
+
+    _ScalarT = TypeVar("_ScalarT", bound=np.generic)
+
+    #: A shape, as ``numpy.empty`` takes it: an int or a sequence of ints.
+    ShapeLike = Union[SupportsIndex, Sequence[SupportsIndex]]
+    #: A dtype that says its scalar type: ``np.float16``, ``np.dtype(np.int8)``.
+    _DTypeOf = Union["type[_ScalarT]", "np.dtype[_ScalarT]"]
+    #: Memory layout: row-major (C) or column-major (Fortran).
+    Order = Literal["C", "F"]
+
+
+@overload
+def empty(shape: ShapeLike, dtype: _DTypeOf[_ScalarT],
+          order: Order = ...) -> npt.NDArray[_ScalarT]: ...
+@overload
+def empty(shape: ShapeLike, dtype: npt.DTypeLike = ...,
+          order: Order = ...) -> npt.NDArray[Any]: ...
+def empty(shape: ShapeLike, dtype: npt.DTypeLike = float,
+          order: Order = "C") -> npt.NDArray[Any]:
     """A new uninitialised ndarray on process-shared memory, like ``numpy.empty``."""
     shape, dtype, order, nbytes = _checked(shape, dtype, order)
     return _view(blocks.new(nbytes), shape, dtype, order)
 
 
-def zeros(shape, dtype=float, order="C"):
+@overload
+def zeros(shape: ShapeLike, dtype: _DTypeOf[_ScalarT],
+          order: Order = ...) -> npt.NDArray[_ScalarT]: ...
+@overload
+def zeros(shape: ShapeLike, dtype: npt.DTypeLike = ...,
+          order: Order = ...) -> npt.NDArray[Any]: ...
+def zeros(shape: ShapeLike, dtype: npt.DTypeLike = float,
+          order: Order = "C") -> npt.NDArray[Any]:
     """A new zero-filled ndarray on process-shared memory, like ``numpy.zeros``."""
     shape, dtype, order, nbytes = _checked(shape, dtype, order)
     return _view(blocks.new(nbytes, zero=True), shape, dtype, order)
 
 
-def copy(a):
+@overload
+def copy(a: np.ndarray[Any, np.dtype[_ScalarT]]) -> npt.NDArray[_ScalarT]: ...
+@overload
+def copy(a: npt.ArrayLike) -> npt.NDArray[Any]: ...
+def copy(a: npt.ArrayLike) -> npt.NDArray[Any]:
     """A C-contiguous copy of ``a`` on process-shared memory, with the same dtype
     and values (``a`` may be any array-like: non-contiguous, read-only,
     big-endian, a memmap)."""
@@ -35,13 +70,13 @@ def copy(a):
     return out
 
 
-def is_shared(a):
+def is_shared(a: object) -> bool:
     """True if ``a`` is an ndarray whose memory lies in a live shared block,
     such as any view of an array made by ``empty``, ``zeros`` or ``copy``."""
     return locate(a) is not None
 
 
-def locate(a):
+def locate(a: object) -> Optional[Tuple[blocks.Buffer, int]]:
     """``(buffer, offset)``: the block buffer holding all of ``a``'s memory and
     the offset of ``a``'s first element in it; None if ``a`` is not shared."""
     if not isinstance(a, np.ndarray):
@@ -61,18 +96,20 @@ def locate(a):
     return buffer, address - blocks.block_of(buffer).start
 
 
-def view(buffer, offset, shape, strides, dtype):
+def view(buffer: blocks.Buffer, offset: int, shape: Tuple[int, ...],
+         strides: Tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
     """An ndarray on ``buffer`` at ``offset`` with the given geometry."""
     return np.ndarray(shape, dtype, buffer=buffer, offset=offset, strides=strides)
 
 
-def _view(buffer, shape, dtype, order):
+def _view(buffer: blocks.Buffer, shape: Tuple[int, ...], dtype: np.dtype[Any],
+          order: Order) -> npt.NDArray[Any]:
     nbytes = len(buffer) - blocks.HEADER
     flat = np.frombuffer(buffer, np.uint8, count=nbytes, offset=blocks.HEADER)
     return flat.view(dtype).reshape(shape, order=order)
 
 
-def _checked(shape, dtype, order):
+def _checked_dtype(dtype: npt.DTypeLike) -> np.dtype[Any]:
     dtype = np.dtype(dtype)
     if dtype.hasobject:
         raise TypeError(
@@ -81,6 +118,13 @@ def _checked(shape, dtype, order):
             "processes cannot see; use a fixed-size dtype" % (dtype,))
     if dtype.itemsize == 0:
         dtype = np.empty(0, dtype).dtype  # 'S' -> 'S1', as numpy.empty does
+    return dtype
+
+
+def _checked(shape: Any, dtype: npt.DTypeLike,
+             order: Order) -> Tuple[Tuple[int, ...], np.dtype[Any], Order, int]:
+    # What the user gave, checked here: shape may be anything.
+    dtype = _checked_dtype(dtype)
     if order not in ("C", "F"):
         raise ValueError("shmpool: order must be 'C' or 'F', not %r" % (order,))
     try:
@@ -102,12 +146,12 @@ def _checked(shape, dtype, order):
     return shape, dtype, order, nbytes
 
 
-def shared_mapping(arrays):
-    """``arrays=`` of a pool or executor, checked, with each array on shared
-    memory: already there, as it is; else copied once.  A failure leaves
-    nothing allocated behind."""
+def checked_items(
+        arrays: Optional[Mapping[str, npt.NDArray[Any]]]) -> List[Tuple[str, npt.NDArray[Any]]]:
+    """The ``(name, ndarray)`` items of ``arrays=`` of a pool or executor, or a
+    TypeError that names what is wrong with them."""
     if arrays is None:
-        return {}
+        return []
     try:
         items = list(arrays.items())
     except AttributeError:
@@ -120,10 +164,22 @@ def shared_mapping(arrays):
         if not isinstance(a, np.ndarray):
             raise TypeError("shmpool: arrays[%r] must be a numpy.ndarray, not %s"
                             % (name, type(a).__name__))
-    shared = {}
-    for name, a in items:
+        try:
+            _checked_dtype(a.dtype)
+        except TypeError as e:
+            raise TypeError("arrays[%r]: %s" % (name, e)) from None
+    return items
+
+
+def shared_mapping(
+        arrays: Optional[Mapping[str, npt.NDArray[Any]]]) -> Dict[str, npt.NDArray[Any]]:
+    """``arrays=`` of a pool or executor, checked, with each array on shared
+    memory: already there, as it is; else copied once.  A failure leaves
+    nothing allocated behind."""
+    shared: Dict[str, npt.NDArray[Any]] = {}
+    for name, a in checked_items(arrays):
         try:
             shared[name] = a if is_shared(a) else copy(a)
-        except (TypeError, ValueError, MemoryError) as e:
+        except (ValueError, MemoryError) as e:
             raise type(e)("arrays[%r]: %s" % (name, e)) from None
     return shared

@@ -11,21 +11,32 @@ and closure on that module's live globals, as if it had been defined there.
 Only a function of an interactive session carries cloudpickle's snapshot.
 """
 
+from __future__ import annotations
+
 import importlib
 import pickle
 import sys
 import types
 import weakref
 from multiprocessing.reduction import ForkingPickler
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, cast
 
 import cloudpickle
 
-_by_reference = weakref.WeakKeyDictionary()  # plain functions known to pickle by name
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
+# plain functions known to pickle by name
+_by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bool] = (
+    weakref.WeakKeyDictionary())
 
 
-def portable(func):
+def portable(func: _F) -> _F:
     """``func`` itself if ``Pool`` can send it, else a stand-in that unpickles,
-    in the worker, to a cloudpickled copy of it."""
+    in the worker, to a cloudpickled copy of it.  (Typed as ``func``: the
+    stand-in is only ever sent, never called.)"""
     plain = type(func) is types.FunctionType
     if plain and func in _by_reference:
         return func
@@ -40,7 +51,7 @@ def portable(func):
     return func
 
 
-def _interactive(func):
+def _interactive(func: object) -> bool:
     """Defined at an interactive prompt or in a notebook: ``__main__`` has no file,
     so a worker that did not fork after the definition cannot find it by name."""
     if getattr(func, "__module__", None) != "__main__":
@@ -49,23 +60,23 @@ def _interactive(func):
     return main is not None and not getattr(main, "__file__", None)
 
 
-def _by_value(func):
+def _by_value(func: _F) -> _F:
     try:
         if type(func) is types.FunctionType and not _interactive(func):
-            return _ByValue(cloudpickle.dumps(_parts(func)), _rebuild_function)
-        return _ByValue(cloudpickle.dumps(func), pickle.loads)
+            return cast("_F", _ByValue(cloudpickle.dumps(_parts(func)), _rebuild_function))
+        return cast("_F", _ByValue(cloudpickle.dumps(func), pickle.loads))
     except Exception:
         return func  # let Pool report the standard pickler's error, as it would
 
 
-def _parts(func):
+def _parts(func: Callable[..., Any]) -> Tuple[Any, ...]:  # a types.FunctionType
     cells = tuple(c.cell_contents for c in func.__closure__ or ())
     return (func.__code__, func.__module__, _anchor(func), func.__name__,
             func.__qualname__, func.__defaults__, func.__kwdefaults__, cells,
             func.__dict__)
 
 
-def _anchor(func):
+def _anchor(func: Callable[..., Any]) -> Optional[str]:
     """A module-level function that shares ``func``'s globals, by name."""
     for name, value in list(func.__globals__.items()):
         if type(value) is types.FunctionType and value.__globals__ is func.__globals__:
@@ -73,7 +84,7 @@ def _anchor(func):
     return None
 
 
-def _rebuild_function(payload):
+def _rebuild_function(payload: bytes) -> types.FunctionType:
     (code, module, anchor, name, qualname, defaults, kwdefaults, cells,
      attrs) = pickle.loads(payload)
     namespace = sys.modules.get(module) or importlib.import_module(module)
@@ -89,8 +100,8 @@ def _rebuild_function(payload):
     return func
 
 
-def _cell(value):
-    return (lambda: value).__closure__[0]
+def _cell(value: object) -> types.CellType:
+    return cast("Tuple[types.CellType]", (lambda: value).__closure__)[0]
 
 
 class _ByValue(object):
@@ -98,9 +109,9 @@ class _ByValue(object):
 
     __slots__ = ("payload", "load")
 
-    def __init__(self, payload, load):
+    def __init__(self, payload: bytes, load: Callable[[bytes], Any]) -> None:
         self.payload = payload
         self.load = load
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Callable[[bytes], Any], Tuple[bytes]]:
         return self.load, (self.payload,)

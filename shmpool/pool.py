@@ -37,7 +37,7 @@ import threading
 import time
 from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
-                    Optional, Tuple, overload)
+                    Optional, Sized, Tuple, cast, overload)
 
 from . import ndarrays, pickling, progress, reduction, registry, supervisor, worker
 
@@ -189,14 +189,17 @@ class SharedArrayPool(_Pool):
             chunksize: Optional[int] = None, *, progress: ProgressSpec = None) -> List[_T]:
         """As ``Pool.map``; ``progress=True`` shows a progress bar (see
         ``shmpool.progress``)."""
-        return self._mapped(func, iterable, _mp_pool.mapstar, chunksize, progress, "map")
+        return self._mapped(func, iterable,
+                            _mp_pool.mapstar,  # type: ignore[attr-defined]  # not in typeshed
+                            chunksize, progress, "map")
 
     def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
                 chunksize: Optional[int] = None, *,
                 progress: ProgressSpec = None) -> List[_T]:
         """As ``Pool.starmap``, with ``progress`` as for ``map``."""
-        return self._mapped(func, iterable, _mp_pool.starmapstar, chunksize, progress,
-                            "starmap")
+        return self._mapped(func, iterable,
+                            _mp_pool.starmapstar,  # type: ignore[attr-defined]  # as mapstar
+                            chunksize, progress, "starmap")
 
     @overload
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
@@ -234,7 +237,7 @@ class SharedArrayPool(_Pool):
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         result = self._map_async(func, iterable, mapper, chunksize)
-        return progress.wait(result, len(iterable), progress_spec, desc)
+        return progress.wait(result, len(cast("Sized", iterable)), progress_spec, desc)
 
     @staticmethod
     def _iterated(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
@@ -243,7 +246,7 @@ class SharedArrayPool(_Pool):
         results = imap(pickling.portable(func), iterable, chunksize)
         if not progress_spec:
             return results
-        total = len(iterable) if hasattr(iterable, "__len__") else None
+        total = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
         return progress.iterate(results, total, progress_spec, desc)
 
 

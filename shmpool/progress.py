@@ -7,11 +7,37 @@ and ``close()`` (tqdm's own class is such a callable).  Nothing is shown by
 default, exactly as ``Pool``.
 """
 
+from __future__ import annotations
+
 import sys
 import time
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
+                    TextIO, Union, cast)
+
+if TYPE_CHECKING:
+    from multiprocessing import pool as _mp_pool
+    from typing import Protocol, TypeVar
+
+    _T = TypeVar("_T")
+
+    class Bar(Protocol):
+        """A progress bar, as a ``progress=`` callable returns it (tqdm's do)."""
+
+        def update(self, n: int) -> object: ...
+        def close(self) -> object: ...
+
+    #: What ``progress=`` takes: None or False (no bar, the default), True (a
+    #: tqdm bar, or a counter on stderr), a dict of tqdm options, or a callable
+    #: that takes ``total=`` and ``desc=`` and returns a Bar (``tqdm.tqdm``).
+    ProgressSpec = Union[None, bool, Dict[str, Any], Callable[..., Bar]]
+
+    class MapResult(_mp_pool.MapResult[_T]):
+        # The private attributes of a map's result that typeshed leaves out.
+        _chunksize: int
+        _number_left: int
 
 
-def bar(spec, total, desc):
+def bar(spec: ProgressSpec, total: Optional[int], desc: str) -> Bar:
     """The progress bar that ``spec`` asks for."""
     if callable(spec):
         return spec(total=total, desc=desc)
@@ -21,10 +47,10 @@ def bar(spec, total, desc):
     except ImportError:
         return Counter(total, desc)
     options.setdefault("desc", desc)
-    return tqdm(total=total, **options)
+    return cast("Bar", tqdm(total=total, **options))
 
 
-def wait(result, total, spec, desc):
+def wait(result: MapResult[_T], total: int, spec: ProgressSpec, desc: str) -> List[_T]:
     """``result.get()`` for a map, updating a bar as its chunks complete."""
     progress = bar(spec, total, desc)
     shown = 0
@@ -43,7 +69,8 @@ def wait(result, total, spec, desc):
     return result.get()
 
 
-def iterate(results, total, spec, desc):
+def iterate(results: Iterable[_T], total: Optional[int], spec: ProgressSpec,
+            desc: str) -> Iterator[_T]:
     """Yield from an imap iterator, updating a bar for each result."""
     progress = bar(spec, total, desc)
     try:
@@ -57,18 +84,19 @@ def iterate(results, total, spec, desc):
 class Counter(object):
     """A plain one-line counter on stderr, for when tqdm is not installed."""
 
-    def __init__(self, total, desc, stream=None):
+    def __init__(self, total: Optional[int], desc: str,
+                 stream: Optional[TextIO] = None) -> None:
         self.total, self.desc, self.n = total, desc, 0
         self.stream = stream or sys.stderr
         self.last = 0.0
         self.show()
 
-    def update(self, n=1):
+    def update(self, n: int = 1) -> None:
         self.n += n
         if time.monotonic() - self.last >= 0.1 or self.n == self.total:
             self.show()
 
-    def show(self):
+    def show(self) -> None:
         self.last = time.monotonic()
         if self.total:
             line = "%s: %d/%d (%d%%)" % (self.desc, self.n, self.total,
@@ -78,7 +106,7 @@ class Counter(object):
         self.stream.write("\r" + line)
         self.stream.flush()
 
-    def close(self):
+    def close(self) -> None:
         self.show()
         self.stream.write("\n")
         self.stream.flush()

@@ -15,7 +15,7 @@ import ctypes
 import os
 import pickle
 import threading
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Union, cast
+from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union, cast
 
 import numpy as np
 from multiprocessing.context import get_spawning_popen

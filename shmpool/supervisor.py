@@ -17,15 +17,48 @@ exit within a tenth of a second and, from the dead worker's last status:
 Workers retired by ``maxtasksperchild`` exit idle, so they are not deaths.
 """
 
+from __future__ import annotations
+
 import signal
 import threading
 import time
 import weakref
 from multiprocessing import pool as _mp_pool
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Type, cast
 
 import numpy as np
 
 from . import ndarrays
+
+if TYPE_CHECKING:
+    import collections
+    from multiprocessing.process import BaseProcess
+
+    import numpy.typing as npt
+
+    from .pool import SharedArrayPool
+
+    # The private attributes of multiprocessing's classes that are used here,
+    # which typeshed leaves out.
+
+    class Worker(BaseProcess):
+        """A pool's worker process."""
+        _popen: Any  # a Popen, with its returncode, once the process has started
+
+        @property
+        def pid(self) -> int: ...  # read here once it has started
+
+    class Pending(object):
+        """What ``Pool._cache`` holds for a call in flight: an ``ApplyResult``
+        or ``MapResult``, or an ``IMapIterator``."""
+        _event: threading.Event
+        _success: bool
+        _value: Any
+        _error_callback: Optional[Callable[[BaseException], object]]
+        _cond: threading.Condition
+        _items: collections.deque[Tuple[bool, Any]]
+        _index: int
+        _length: Optional[int]
 
 # A worker's states, in the order it goes through them for each task.
 IDLE, WAITING, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT = range(8)
@@ -37,15 +70,16 @@ _POLL = 0.1
 class WorkerDied(RuntimeError):
     """A pool worker died (signal, ``os._exit``, out of memory) during a task."""
 
-    def __init__(self, message, pid=None, exitcode=None):
+    def __init__(self, message: str, pid: Optional[int] = None,
+                 exitcode: Optional[int] = None) -> None:
         super(WorkerDied, self).__init__(message)
         self.pid, self.exitcode = pid, exitcode
 
-    def __reduce__(self):
+    def __reduce__(self) -> Tuple[Type[WorkerDied], Tuple[str, Optional[int], Optional[int]]]:
         return type(self), (self.args[0], self.pid, self.exitcode)
 
 
-def new_status():
+def new_status() -> npt.NDArray[np.int64]:
     """A worker's status block: state, job, index."""
     return ndarrays.zeros(3, np.int64)
 
@@ -53,34 +87,34 @@ def new_status():
 class Supervisor(object):
     """Tracks one pool's workers and answers for the ones that die."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx: Any) -> None:  # a multiprocessing context
         self.ctx = ctx
-        self.workers = {}  # Process -> status
+        self.workers: Dict[Worker, npt.NDArray[np.int64]] = {}  # Process -> status
         self.lock = threading.Lock()
-        self.pool = None
+        self.pool: Optional[weakref.ref[SharedArrayPool]] = None
 
-    def process(self, ctx, kwds):
+    def process(self, ctx: Any, kwds: Dict[str, Any]) -> Worker:
         """Make a worker process as Pool does, with a status block of its own."""
         args = list(kwds["args"])
         initargs = args[3]
         status = new_status()
         args[3] = tuple(initargs[:-1]) + (status,)
         kwds = dict(kwds, args=tuple(args))
-        p = (ctx or self.ctx).Process(**kwds)
+        p: Worker = (ctx or self.ctx).Process(**kwds)
         with self.lock:
             self.workers[p] = status
         return p
 
-    def start(self, pool):
+    def start(self, pool: SharedArrayPool) -> None:
         self.pool = weakref.ref(pool)
         t = threading.Thread(target=self._watch, name="shmpool-supervisor")
         t.daemon = True
         t.start()
 
-    def _watch(self):
+    def _watch(self) -> None:
         while True:
             time.sleep(_POLL)
-            pool = self.pool()
+            pool = cast("weakref.ref[SharedArrayPool]", self.pool)()  # start() set it
             if pool is None or pool._state == _mp_pool.TERMINATE:
                 return
             with self.lock:
@@ -92,7 +126,8 @@ class Supervisor(object):
                 self._ended(pool, p, status)
             del pool
 
-    def _ended(self, pool, p, status):
+    def _ended(self, pool: SharedArrayPool, p: Worker,
+               status: npt.NDArray[np.int64]) -> None:
         # returncode is read, never polled: Pool's own thread reaps the worker,
         # and two pollers of one forkserver child would race for its status.
         state, job, index = (int(v) for v in status)
@@ -115,7 +150,7 @@ class Supervisor(object):
         threading.Thread(target=pool.terminate, name="shmpool-terminate").start()
 
 
-def _arrives(pool, key, timeout=1.0):
+def _arrives(pool: SharedArrayPool, key: Tuple[int, int], timeout: float = 1.0) -> bool:
     """Whether the result ``key`` reaches the result thread within ``timeout``:
     if it was written whole, it does at once."""
     deadline = time.monotonic() + timeout
@@ -126,7 +161,7 @@ def _arrives(pool, key, timeout=1.0):
     return True
 
 
-def _release(lock):
+def _release(lock: Any) -> None:  # a lock, or None
     """Release a queue lock that a dead worker may have held."""
     try:
         lock.release()
@@ -134,7 +169,7 @@ def _release(lock):
         pass  # it had released it already (or the platform has no lock)
 
 
-def _describe(pid, code, state):
+def _describe(pid: int, code: Optional[int], state: int) -> str:
     if code is not None and code < 0:
         try:
             how = "was killed by signal %d (%s)" % (-code, signal.Signals(-code).name)
@@ -152,7 +187,7 @@ def _describe(pid, code, state):
     return message
 
 
-def _fail_everything(pool, error):
+def _fail_everything(pool: SharedArrayPool, error: BaseException) -> None:
     """Fail every call waiting on ``pool``, in place of results that won't come."""
     for job, result in list(pool._cache.items()):
         pool._cache.pop(job, None)
