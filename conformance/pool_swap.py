@@ -48,6 +48,7 @@ TRACE_ENV = "SHMPOOL_CONFORMANCE_TRACE"
 installed = None
 #: The plain class, kept for comparisons.
 original = None
+_classes = {}  # variant -> class, made once
 
 
 def install(variant):
@@ -113,9 +114,6 @@ class _PoolModule(type(sys)):
             delattr(self.__dict__["_real_module"], name)
         else:
             super(_PoolModule, self).__delattr__(name)
-
-
-_classes = {}
 
 
 def _trace():

@@ -21,6 +21,9 @@ top level (as CPython's ``test_multiprocessing_<method>`` modules do with
 ``install_tests_in_module_dict``), so spawned and forkserver children, which
 re-run it as ``__mp_main__``, do the same.  Tests that start a fresh
 interpreter on a script of their own get the swap prepended to that script.
+Every lookup of the swapped ``Pool``, in any process, is traced: a test that
+passes without going through it (itself, a child, or its fresh interpreter)
+fails, as does one whose class's pool is of another class.
 
 A watchdog (``faulthandler.dump_traceback_later``) ends a test process that
 spends ``--timeout`` seconds in one test (or fixture): the test fails, with
@@ -36,6 +39,7 @@ passes with plain Pool fails with a shmpool variant (or, without a baseline,
 if any test fails).
 """
 
+import itertools
 import os
 import sys
 
@@ -46,9 +50,12 @@ METHODS = ("fork", "spawn", "forkserver")
 
 def _setup_test_process():
     """Top level of a test process and of every child that re-runs this file."""
+    import importlib.util
     method, variant = os.environ[ENV].split(":")
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
+    if variant != "baseline" and importlib.util.find_spec("shmpool") is None:
+        sys.path.insert(1, os.path.dirname(HERE))  # the work tree, not installed
     import pool_swap
     pool_swap.install(variant)
     import test._test_multiprocessing as suite
@@ -143,7 +150,7 @@ def _code_text(func):
 
 def _patch_script_helper(variant, log):
     """Tests that run a fresh interpreter on a script of their own get the swap
-    as the script's first line (``-c`` code, or a ``.py`` file rewritten)."""
+    as the script's first line (``-c`` code, or the script file rewritten)."""
     import pool_swap
     from test.support import script_helper
     original = script_helper.run_python_until_end
@@ -154,8 +161,8 @@ def _patch_script_helper(variant, log):
         if len(args) >= 2 and args[0] == "-c" and "Pool" in args[1]:
             args[1] = line + args[1]
             log("swap prepended to a -c script")
-        elif args and isinstance(args[0], str) and args[0].endswith(".py") \
-                and os.path.isfile(args[0]):
+        elif args and isinstance(args[0], str) and not args[0].startswith("-") \
+                and os.path.isfile(args[0]):  # a script file (TESTFN has no .py)
             with open(args[0]) as f:
                 src = f.read()
             if "Pool" in src and line not in src:
@@ -384,7 +391,7 @@ def _kill_group(pgid, grace):
     return left
 
 
-_serial = [0]
+_serial = itertools.count(1)  # next() is atomic: -j runs name their files apart
 
 
 def _test_process(run, opts, workdir, tests, exclude):
@@ -392,8 +399,7 @@ def _test_process(run, opts, workdir, tests, exclude):
     Returns (exit code, events, log file)."""
     import json
     import subprocess
-    _serial[0] += 1
-    tag = "%s-%s-%d" % (run.method, run.variant, _serial[0])
+    tag = "%s-%s-%d" % (run.method, run.variant, next(_serial))
     results = os.path.join(workdir, tag + ".jsonl")
     logfile = os.path.join(workdir, tag + ".log")
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--results", results,
@@ -560,6 +566,8 @@ def main(argv):
                         help="test processes at once (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show each test process's log")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the test processes' logs (kept anyway on a failure)")
     opts = parser.parse_args(argv)
     methods = [m for m in opts.methods.split(",") if m]
     variants = [v for v in opts.variants.split(",") if v]
@@ -570,7 +578,7 @@ def main(argv):
     if bad or not methods or not variants:
         parser.error("unknown or no start method or variant: %s" % ", ".join(bad))
     try:
-        import test._test_multiprocessing  # noqa: F401
+        __import__("test._test_multiprocessing")
     except ImportError as e:
         print("conformance: %s (Python %s) has no test._test_multiprocessing (%s): its "
               "build omits the test package" % (sys.executable, sys.version.split()[0], e))
@@ -603,7 +611,7 @@ def main(argv):
         else:
             runs.update(map(one, jobs))
         status = report(runs, methods, variants, version, time.time() - t0)
-        keep = status != 0 or any(r.leftovers or r.flaky for r in runs.values())
+        keep = opts.keep or status != 0 or any(r.leftovers or r.flaky for r in runs.values())
     finally:
         if keep:
             print("(test process logs kept in %s)" % workdir)
@@ -673,6 +681,7 @@ def report(runs, methods, variants, version, seconds):
                             and o.outcome == "pass" and not sum(o.lookups)
                             and o.pool_class != expected)
             for t in missed:
+                passed -= 1
                 failed += 1
                 failures.append((t, "passed without going through %s: the swap did not "
                                     "reach it" % r.pool))
@@ -684,6 +693,9 @@ def report(runs, methods, variants, version, seconds):
             out.append("%s: %d passed, %d failed, %d skipped" % (m, passed, failed, skipped))
             out.append("    %d tests selected, %.1f s, multiprocessing.pool.Pool was %s"
                        % (len(r.selected or ()), r.seconds, r.pool))
+            slow = sorted(r.results.items(), key=lambda kv: -kv[1].seconds)[:3]
+            out.append("    slowest: %s" % ", ".join("%s %.1f s" % (t.split(".")[-1], o.seconds)
+                                               for t, o in slow))
             if elsewhere:
                 out.append("    used in child processes or fresh interpreters by: %s"
                            % ", ".join(t.split(".")[-1] for t in elsewhere))

@@ -190,7 +190,12 @@ def _describe(pid: int, code: Optional[int], state: int) -> str:
 def _fail_everything(pool: SharedArrayPool, error: BaseException) -> None:
     """Fail every call waiting on ``pool``, in place of results that won't come."""
     for job, result in list(pool._cache.items()):
-        pool._cache.pop(job, None)
+        try:
+            del pool._cache[job]  # (3.8+: _PoolCache.__delitem__ wakes the handler)
+        except KeyError:
+            continue  # its result arrived meanwhile
+        if hasattr(result, "_pool"):
+            result._pool = None  # as 3.8+ does when a result is set
         if isinstance(result, _mp_pool.IMapIterator):
             with result._cond:
                 result._items.append((False, error))
