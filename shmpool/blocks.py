@@ -2,11 +2,13 @@
 
 A block is a span of shared memory that starts with a 64-byte header (magic,
 random tag, size) followed by the data.  Across processes a block is named by
-``Name``: its creator's pid and serial number, its tag, and where the creator
-keeps it (descriptor, offset).  A process that does not hold the block yet
-opens the creator's descriptor through ``/proc/PID/fd`` and maps it; the tag
-in the header proves the mapping is the block that was named, so a freed,
-reused or exited block is an error, never a wrong view.
+``Name``: its creator's pid and serial number (which identify it), its tag,
+and a process that holds a descriptor of its file (the source: its creator,
+or any process that mapped it since).  A process that does not hold the block
+yet opens that descriptor through ``/proc/SOURCE/fd/FD`` and maps it, keeping
+the descriptor so that it can be a source in turn; the tag in the header
+proves the mapping is the block that was named, so a freed, reused or exited
+block is an error, never a wrong view.
 
 The table holds blocks weakly: a block lives as long as some array uses its
 memory, and leaves the table when it dies.
@@ -33,9 +35,10 @@ HEADER = 64
 _HEADER = struct.Struct("<8sQQ")
 _MAGIC = b"shmpool\x01"
 
-#: Everything a process needs to reach a block it does not hold yet.
+#: Everything a process needs to reach a block it does not hold yet: (pid,
+#: serial) identify it; ``source`` holds it as descriptor ``fd``.
 Name = NamedTuple("Name", [("pid", int), ("serial", int), ("tag", int), ("fd", int),
-                           ("offset", int), ("size", int)])
+                           ("offset", int), ("size", int), ("source", int)])
 
 
 class BlockUnavailable(RuntimeError):
@@ -56,12 +59,19 @@ if TYPE_CHECKING:
 class Block(object):
     """What this process knows of one block; hangs off the block's buffer."""
 
-    __slots__ = ("name", "start", "stop")
+    __slots__ = ("name", "start", "stop", "fd")
 
-    def __init__(self, name: Name, start: int) -> None:
+    def __init__(self, name: Name, start: int, fd: int) -> None:
         self.name = name
         self.start = start  # address of the header
         self.stop = start + HEADER + name.size
+        self.fd = fd  # this process's descriptor of the block's file, or -1
+
+    def name_here(self) -> Name:
+        """The block's name, with this process as the source if it can be."""
+        if self.fd < 0:
+            return self.name
+        return self.name._replace(source=os.getpid(), fd=self.fd)
 
     @property
     def data(self) -> int:
@@ -126,13 +136,14 @@ def new(size: int, zero: bool = False) -> Buffer:
     buffer, fd, offset = memory.allocate(HEADER + size, zero)
     tag = struct.unpack("<Q", os.urandom(8))[0]
     _HEADER.pack_into(buffer, 0, _MAGIC, tag, size)
-    name = Name(os.getpid(), next(_serial), tag, fd, offset, size)
-    return adopt(buffer, name)
+    name = Name(os.getpid(), next(_serial), tag, fd, offset, size, os.getpid())
+    return adopt(buffer, name, fd)
 
 
-def adopt(buffer: Buffer, name: Name) -> Buffer:
-    """Enter ``buffer``, the block ``name``, in this process's table."""
-    block = Block(name, ctypes.addressof(buffer))
+def adopt(buffer: Buffer, name: Name, fd: int = -1) -> Buffer:
+    """Enter ``buffer``, the block ``name``, in this process's table; ``fd`` is
+    this process's descriptor of its file, closed with the buffer."""
+    block = Block(name, ctypes.addressof(buffer), fd)
     buffer._shmpool_block = block
     _table.add(buffer, block)
     return buffer
@@ -161,9 +172,11 @@ def find(address: int, nbytes: int = 0) -> Optional[Buffer]:
     return None
 
 
-def attach(name: Name) -> Buffer:
+def attach(name: Name, keep_fd: bool = True) -> Buffer:
     """The buffer of the block ``name``: the one this process holds, or the
-    creator's, mapped here once.  Raises ``BlockUnavailable`` if it is gone."""
+    source's, mapped here once (and, with ``keep_fd``, its descriptor kept, so
+    that this process can pass the block on).  Raises ``BlockUnavailable`` if
+    it is gone."""
     with _table.lock:
         _table.purge()
         ref = _table.by_key.get(tuple(name[:2]))
@@ -176,25 +189,30 @@ def attach(name: Name) -> Buffer:
         raise BlockUnavailable(_gone(name, "cannot be reached from another process "
                                            "on this platform"))
     try:
-        fd = _open_creators_fd(name)
+        fd = _open_sources_fd(name)
     except OSError:
-        why = ("was freed by its creator" if os.path.exists("/proc/%d" % name.pid)
-               else "belonged to a process that has exited")
+        why = ("was freed by process %d" % name.source
+               if os.path.exists("/proc/%d" % name.source)
+               else "belonged to a process that has exited (%d)" % name.source)
         raise BlockUnavailable(_gone(name, why)) from None
     try:
         if os.fstat(fd).st_size < name.offset + HEADER + name.size:
             raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
-        buffer = memory.map_file(fd, name.offset, HEADER + name.size)
-    finally:
+        buffer = memory.map_file(fd, name.offset, HEADER + name.size, owns_fd=keep_fd)
+    except BaseException:
         os.close(fd)
+        raise
+    if not keep_fd:
+        os.close(fd)
+        fd = -1
     magic, tag, size = _HEADER.unpack_from(buffer, 0)
     if (magic, tag, size) != (_MAGIC, name.tag, name.size):
         raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
-    return adopt(buffer, name)
+    return adopt(buffer, name, fd)
 
 
-def _open_creators_fd(name: Name) -> int:
-    path = "/proc/%d/fd/%d" % (name.pid, name.fd)
+def _open_sources_fd(name: Name) -> int:
+    path = "/proc/%d/fd/%d" % (name.source, name.fd)
     try:
         return os.open(path, os.O_RDWR)
     except OSError as e:

@@ -6,7 +6,9 @@ sent (a worker's result, a temporary passed to ``apply_async``) still arrives.
 Each such reference carries a slot of the sender's ack page, a small shared
 block: the sender writes a generation byte there, the receiver clears it once
 mapped, and the sender lets go of blocks whose slots are clear.  A reference
-that is never received is let go after ``HOLD_SECONDS``.
+that is never received is let go after ``HOLD_SECONDS``.  A process that
+exits waits for its receivers first (at most ``EXIT_WAIT``): a worker's last
+result outlives the worker.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import gc
 import os
 import threading
 import time
+from multiprocessing import util
 from typing import TYPE_CHECKING, Dict, Optional, Tuple, cast
 
 from . import blocks
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     Ack = Tuple[Tuple[int, ...], int, int]
 
 HOLD_SECONDS = 60.0
+EXIT_WAIT = 5.0  # at most this long, at exit, for receivers to take what was sent
 _SLOTS = 1 << 16
 _PAGES_KEPT = 64  # senders' ack pages a receiver keeps mapped
 
@@ -54,6 +58,9 @@ def hold(buffer: blocks.Buffer) -> Optional[Ack]:
     with s.lock:
         if s.page is None:
             s.page = blocks.new(_SLOTS, zero=True)
+            # A process that exits (a worker retired by maxtasksperchild, say)
+            # first lets its receivers map what it sent them.
+            util.Finalize(None, _wait_for_receivers, exitpriority=100)
         if len(s.holds) >= _SLOTS or time.monotonic() >= s.next_sweep:
             _sweep(s)
             if len(s.holds) >= _SLOTS:
@@ -87,13 +94,23 @@ def release(force: bool = True) -> None:
             s.lock.release()
 
 
+def _wait_for_receivers(timeout: float = EXIT_WAIT) -> None:
+    """Wait, at most ``timeout`` seconds, until every reference this process
+    sent has been received or has expired."""
+    deadline = time.monotonic() + timeout
+    while _sender.holds and time.monotonic() < deadline:
+        release()
+        if _sender.holds:
+            time.sleep(0.005)
+
+
 def acknowledge(page: Tuple[int, ...], slot: int, generation: int) -> None:
     """Tell the sender whose ack page is ``page`` that its reference arrived."""
     key = tuple(page[:2])
     buffer = _pages.get(key)
     if buffer is None:
         try:
-            buffer = blocks.attach(blocks.Name(*page))
+            buffer = blocks.attach(blocks.Name(*page), keep_fd=False)
         except blocks.BlockUnavailable:
             return  # the sender has gone; nothing waits for this
         _pages[key] = buffer

@@ -12,7 +12,6 @@ way; arrays that are not shared, and plain ``pickle.dumps``, are untouched.
 from __future__ import annotations
 
 import ctypes
-import os
 import pickle
 import threading
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union, cast
@@ -38,8 +37,9 @@ if TYPE_CHECKING:
 
 def reference(a: npt.NDArray[Any], hold: bool = False) -> Optional[Reference]:
     """The arguments of ``rebuild`` for a shared ndarray ``a``, or None if ``a``
-    is not shared.  With ``hold``, a block this process created stays alive
-    until the reference is received (see ``inflight``)."""
+    is not shared.  The reference names this process as the block's source
+    when it can; with ``hold`` the block then stays alive here until the
+    reference is received (see ``inflight``)."""
     located = _locate(a, hold)
     return located and located[1]
 
@@ -49,8 +49,9 @@ def _locate(a: npt.NDArray[Any], hold: bool) -> Optional[Tuple[blocks.Buffer, Re
     if where is None:
         return None
     buffer, offset = where
-    name = blocks.block_of(buffer).name
-    ack = inflight.hold(buffer) if hold and name.pid == os.getpid() else None
+    block = blocks.block_of(buffer)
+    name = block.name_here()
+    ack = inflight.hold(buffer) if hold and block.fd >= 0 else None
     return buffer, (tuple(name), offset, a.shape, a.strides, a.dtype,
                     a.flags.writeable, type(a), ack)
 
@@ -93,11 +94,14 @@ def tolerate(failures: object = ()) -> Optional[List[blocks.BlockUnavailable]]:
 
 
 def _reduce(a: npt.NDArray[Any]) -> Union[str, Tuple[Any, ...]]:
-    located = _locate(a, hold=True)
+    # A process being started needs no hold: its Process object keeps its
+    # arguments alive in the parent for as long as the child runs.
+    spawning = get_spawning_popen() is not None
+    located = _locate(a, hold=not spawning)
     if located is None:
         return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
     buffer, ref = located
-    if not _compat.LINUX and get_spawning_popen() is not None:
+    if not _compat.LINUX and spawning:
         # No /proc to reach the block through: a process being started gets
         # the block itself, as CPython hands a RawArray to it.
         return _rebuild_carried, (buffer._wrapper, buffer._wrapper_offset, ref)

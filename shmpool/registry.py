@@ -78,8 +78,8 @@ class View(object):
             arrays: Dict[str, npt.NDArray[Any]] = {}
             for name, ref in pickle.loads(payload):
                 old = current.get(name)
-                if (old is not None and  # a shared array: it has a reference
-                        cast("reduction.Reference", reduction.reference(old))[:7] == ref[:7]):
+                if old is not None and _same(
+                        cast("reduction.Reference", reduction.reference(old)), ref):
                     arrays[name] = old
                     continue
                 try:  # not tolerant here: a reference is rebuilt, or raises
@@ -88,3 +88,9 @@ class View(object):
                     pass
             self.target._arrays = arrays
             self.seen = v
+
+
+def _same(a: reduction.Reference, b: reduction.Reference) -> bool:
+    """Whether two references are of the same view of the same block (from
+    whichever process each names as the block's source)."""
+    return a[0][:3] == b[0][:3] and a[1:7] == b[1:7]

@@ -220,7 +220,9 @@ def test_each_block_holds_one_descriptor_until_collected():
 
 
 def test_spill_to_disk_warns_once(monkeypatch):
-    monkeypatch.setattr(memory, "_free_space", lambda d: 0)
+    real = memory._free_space
+    monkeypatch.setattr(memory, "_free_space",
+                        lambda d: 0 if d == memory._SHM_DIR else real(d))
     monkeypatch.setattr(memory, "_warned", memory.threading.Event())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

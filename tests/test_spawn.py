@@ -1,5 +1,5 @@
-"""Every behaviour in pool_cases, reference_cases, reliability_cases and
-feature_cases, under the 'spawn' start method."""
+"""Every behaviour in pool_cases, reference_cases, reliability_cases,
+feature_cases and property_cases, under the 'spawn' start method."""
 
 import multiprocessing
 
@@ -7,6 +7,7 @@ import pytest
 
 import feature_cases
 import pool_cases
+import property_cases
 import reference_cases
 import reliability_cases
 
@@ -28,4 +29,8 @@ class TestReliabilitySpawn(reliability_cases.ReliabilityCases):
 
 
 class TestFeaturesSpawn(feature_cases.FeatureCases):
+    start_method = "spawn"
+
+
+class TestPropertiesSpawn(property_cases.PropertyCases):
     start_method = "spawn"

@@ -31,9 +31,9 @@ if __name__ == "__main__":
             print(*block, flush=True)
             pool.map(slow, range(1000), chunksize=1)
     except KeyboardInterrupt:
-        interrupted = True  # (the traceback holds the pool until this block ends)
+        interrupted = time.monotonic()  # the with block has ended: workers gone
     del pool
     gc.collect()
-    print("KeyboardInterrupt" if interrupted else "not-interrupted",
+    print("KeyboardInterrupt" if interrupted else "not-interrupted", interrupted,
           "workers-left" if any(map(process_alive, pids)) else "no-workers",
           "block-left" if file_in_use(block) else "no-block")
