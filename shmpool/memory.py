@@ -10,13 +10,13 @@ allocation under their feet.  The memory goes back to the system when the last
 process unmaps it, on every Python.
 
 The space is reserved up front with ``posix_fallocate``: a full ``/dev/shm``
-is a ``MemoryError`` at allocation, never a SIGBUS later.  Spans in
-``/dev/shm`` are also pre-faulted: a new span's pages are zeroed and mapped by
-the kernel at allocation (by a few threads at once for a big span), and a span
-mapped from another process has its page tables filled at mapping time, so
-that the first pass over an array does not take a page fault every few pages.  A span that
+is a ``MemoryError`` at allocation, never a SIGBUS later.  A span that
 ``/dev/shm`` has no room for goes to a temporary directory on disk, with a
-warning.  Elsewhere than Linux, spans come from ``multiprocessing.heap`` as is.
+warning.  Spans in ``/dev/shm`` are pre-faulted: a new span's pages are zeroed
+and mapped by the kernel at allocation (by a few threads at once for a big
+span), and a span mapped from another process has its page tables filled at
+mapping time, so that a first pass over an array takes no page faults.
+Elsewhere than Linux, spans come from ``multiprocessing.heap`` as is.
 """
 
 import ctypes

@@ -167,6 +167,11 @@ class SharedArrayPool(_Pool):
             inqueue._reader.recv_bytes()
             time.sleep(0)
 
+    def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}) -> _T:
+        """As ``Pool.apply``."""
+        return _interruptible_get(self.apply_async(func, args, kwds))
+
     def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {},
                     callback: Optional[Callable[[_T], object]] = None,
@@ -233,7 +238,7 @@ class SharedArrayPool(_Pool):
                 mapper: Callable[..., Any], chunksize: Optional[int],
                 progress_spec: ProgressSpec, desc: str) -> List[_T]:
         if not progress_spec:
-            return self._map_async(func, iterable, mapper, chunksize).get()
+            return _interruptible_get(self._map_async(func, iterable, mapper, chunksize))
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
         result = self._map_async(func, iterable, mapper, chunksize)
@@ -248,6 +253,14 @@ class SharedArrayPool(_Pool):
             return results
         total = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
         return progress.iterate(results, total, progress_spec, desc)
+
+
+def _interruptible_get(result: ApplyResult[_T]) -> _T:
+    """``result.get()``, waiting in short steps: a signal (Ctrl-C) that lands
+    just before an untimed wait would not interrupt it until the result came."""
+    while not result.ready():
+        result.wait(0.2)
+    return result.get()
 
 
 class _ResultReceiver(object):

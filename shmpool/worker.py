@@ -19,7 +19,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Tuple,
                     Union)
 
-from . import _compat, reduction, registry
+from . import _compat, memory, ndarrays, reduction, registry
 from .supervisor import (IDLE, INDEX, JOB, LOCKED, READING, RECEIVED, RUNNING,
                          SENDING, SENT, STATE, WAITING)
 
@@ -93,6 +93,12 @@ def initialize(registry_block: npt.NDArray[np.uint8], shared: Mapping[str, npt.N
         _status = memoryview(status)  # faster to set than the ndarray
     _registry = registry.View(registry_block, arrays)
     _registry.refresh()
+    # A forked worker inherits the mappings without their page tables: fill
+    # them now, at start-up, not by page faults during the first tasks.
+    for a in arrays.values():
+        where = ndarrays.locate(a)
+        if where is not None:
+            memory.populate(where[0])
     _watch_parent(parent, _registry)
     if initializer is not None:
         initializer(*initargs)

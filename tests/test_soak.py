@@ -244,7 +244,7 @@ def test_soak_leaves_nothing_behind(start_method):
     one_round(ctx, 0, set(), pids)  # warm-up: imports, fork server, ack page
     # A pool's supervisor thread lets go of its workers' status blocks and
     # process handles within a tenth of a second after the pool is collected.
-    assert settle(threads) == threads
+    assert settle(threads) <= threads
     fds = open_fds()
     fds_before = fd_targets()
     memory, held, entries = rss(), held_by_self(), shm_files()
@@ -255,8 +255,8 @@ def test_soak_leaves_nothing_behind(start_method):
     while rounds < MIN_ROUNDS or time.monotonic() - start < budget:
         rounds += 1
         tasks += one_round(ctx, rounds, files, pids)
-        assert settle(threads) == threads, [t.name for t in threading.enumerate()]
-        assert open_fds() == fds, "descriptors grow, round %d: %s -> %s" % (
+        assert settle(threads) <= threads, [t.name for t in threading.enumerate()]
+        assert open_fds() <= fds, "descriptors grow, round %d: %s -> %s" % (
             rounds, fds_before, fd_targets())
     elapsed = time.monotonic() - start
 
