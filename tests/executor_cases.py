@@ -22,57 +22,28 @@ from shmpool import SharedArrayExecutor
 
 from conftest import file_in_use, shm_file
 from reference_cases import Pickled, child_sends_own_block, views_of
+from pool_cases import (array_bytes, double, parent_view, pid_and_sum,
+                        reverse_in_place, worker_view)
 from test_memory import DTYPES, sample, same
 
 # -- task functions (module level, so that spawn can import them) --------------------
-
-
-def double(i):
-    x = shmpool.arrays["x"]
-    x[i] *= 2
 
 
 def add(i, j):
     return float(shmpool.arrays["x"][i]) + j
 
 
-def array_bytes(name):
-    return shmpool.arrays[name].tobytes()
-
-
-def reverse_in_place(name):
-    a = shmpool.arrays[name]
-    a[...] = a[::-1].copy()
-
-
-def worker_view():
-    arrays = shmpool.arrays
-    try:
-        arrays["new"] = 1
-        assignable = True
-    except TypeError:
-        assignable = False
-    return sorted(arrays), assignable, {k: (a.dtype.str, a.shape) for k, a in arrays.items()}
-
-
-def parent_view():
-    return dict(shmpool.arrays)
-
-
 _seen_by_initializer = None
 
 
 def remember_first(offset):
+    """Sets a global of this module: lambdas of this module must see it."""
     global _seen_by_initializer
     _seen_by_initializer = float(shmpool.arrays["x"][0]) + offset
 
 
 def seen_by_initializer(_=None):
     return _seen_by_initializer
-
-
-def pid_and_sum(_):
-    return os.getpid(), float(shmpool.arrays["x"].sum())
 
 
 def keywords(**kwargs):
