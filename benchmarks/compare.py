@@ -135,6 +135,17 @@ def _w1_ray(args):
     return (X[a:b] ** 2).sum(1)
 
 
+def _w1_shmpool_ray(span):
+    a, b = span
+    X = shmpool.arrays["x"]  # read-only on Ray: the rows' sums come back
+    return (X[a:b] ** 2).sum(1)
+
+
+def _w2_shmpool_ray(span):
+    a, b = span
+    return shmpool.arrays["x"][a:b] * 2
+
+
 def _w2_global(span):
     a, b = span
     X = _G["x"]
@@ -937,6 +948,49 @@ def ray_w3(data, method):
     return out
 
 
+def shmpool_ray_w1(data, method):
+    from shmpool.ray import SharedArrayPool
+    if not method.started:
+        method.workers = data.workers
+        method.start()
+    t0 = now()
+    pool = SharedArrayPool(data.workers, arrays={"x": data.x1})
+    try:
+        pool.map(_inc, range(2 * data.workers), chunksize=1)  # the actors are up
+        setup = now() - t0
+        y = np.empty_like(data.y1)
+        times = []
+        for _ in range(2):
+            t = now()
+            np.concatenate(pool.map(_w1_shmpool_ray, data.spans1), out=y)
+            times.append(now() - t)
+            _check_close(y, data.y1)
+    finally:
+        pool.terminate()
+    return {"setup": setup, "place": setup, "map1": times[0], "map2": times[1]}
+
+
+def shmpool_ray_w2(data, method):
+    from shmpool.ray import SharedArrayPool
+    if not method.started:
+        method.workers = data.workers
+        method.start()
+    x = data.x2.copy()
+    t0 = now()
+    pool = SharedArrayPool(data.workers, arrays={"x": x})
+    try:
+        pool.map(_inc, range(2 * data.workers), chunksize=1)
+        setup = now() - t0
+        t = now()
+        for (a, b), r in zip(data.spans2, pool.map(_w2_shmpool_ray, data.spans2)):
+            x[a:b] = r
+        m = now() - t
+    finally:
+        pool.terminate()
+    _check_equal(x, data.x2_done)
+    return {"setup": setup, "map": m}
+
+
 # the list ----------------------------------------------------------------------------------
 
 def _methods():
@@ -972,6 +1026,13 @@ def _methods():
     ray_method.w2 = lambda d: ray_w2(d, ray_method)
     ray_method.w3 = lambda d: ray_w3(d, ray_method)
     ms.append(ray_method)
+    shmpool_ray = RayMethod("shmpool_ray", "shmpool.ray", None, None, None, needs="ray",
+                            note="shmpool.ray.SharedArrayPool(arrays={...}) on a local "
+                                 "Ray; read-only arrays: results come back",
+                            slow=("w1", "w2"))
+    shmpool_ray.w1 = lambda d: shmpool_ray_w1(d, shmpool_ray)
+    shmpool_ray.w2 = lambda d: shmpool_ray_w2(d, shmpool_ray)
+    ms.append(shmpool_ray)
     for sm in ("fork", "spawn", "forkserver"):
         ms.append(Method("shmpool_" + sm, "shmpool, " + sm,
                          (lambda d, sm=sm: shmpool_w1(d, sm)),
@@ -989,7 +1050,7 @@ def _methods():
 #: method); the tables list them in the order _methods() makes them.
 RUN_ORDER = ["serial", "rawarray", "shmpool_fork", "shmpool_empty", "rawarray_spawn",
              "shmpool_spawn", "rawarray_forkserver", "shmpool_forkserver", "shared_memory",
-             "pool_fork_global", "pool_pickle", "joblib", "mpire", "ray"]
+             "pool_fork_global", "pool_pickle", "joblib", "mpire", "ray", "shmpool_ray"]
 
 
 # running ---------------------------------------------------------------------------------
