@@ -19,6 +19,8 @@ mapping time, so that a first pass over an array takes no page faults.
 Elsewhere than Linux, spans come from ``multiprocessing.heap`` as is.
 """
 
+from __future__ import annotations
+
 import ctypes
 import errno
 import mmap
@@ -28,8 +30,12 @@ import threading
 import warnings
 import weakref
 from multiprocessing import heap, util
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, cast
 
 from . import _compat
+
+if TYPE_CHECKING:
+    from .blocks import Buffer
 
 #: Start address alignment of every span.
 ALIGNMENT = 64
@@ -41,7 +47,7 @@ class SharedMemoryWarning(RuntimeWarning):
     """Shared memory had to be placed somewhere slower than ``/dev/shm``."""
 
 
-def allocate(size, zero=False):
+def allocate(size: int, zero: bool = False) -> Tuple[Buffer, int, int]:
     """Return ``(buffer, fd, offset)``: a ctypes byte array of ``size`` bytes at
     a 64-byte-aligned address, and where it lies in the file ``fd`` (``-1``
     where the platform names memory otherwise).  Raises ``MemoryError`` when
@@ -61,11 +67,11 @@ def allocate(size, zero=False):
     return buffer, fd, 0
 
 
-def _from_heap(size, zero):
+def _from_heap(size: int, zero: bool) -> Tuple[Buffer, int, int]:
     wrapper = heap.BufferWrapper(size + ALIGNMENT - 1)
     view = wrapper.create_memoryview()
     pad = -ctypes.addressof(ctypes.c_byte.from_buffer(view)) % ALIGNMENT
-    buffer = (ctypes.c_byte * size).from_buffer(view, pad)
+    buffer = cast("Buffer", (ctypes.c_byte * size).from_buffer(view, pad))
     buffer._wrapper = wrapper  # as sharedctypes.rebuild_ctype does: freed with it
     buffer._wrapper_offset = pad
     if zero and size:
@@ -73,7 +79,7 @@ def _from_heap(size, zero):
     return buffer, -1, 0
 
 
-def _reserved_file(size):
+def _reserved_file(size: int) -> Tuple[int, bool]:
     """``(fd, in_memory)``: the descriptor of an unlinked file of ``size``
     reserved bytes, in /dev/shm when it has room, else on disk."""
     shm = _free_space(_SHM_DIR) >= size
@@ -103,7 +109,7 @@ def _reserved_file(size):
         return fd, shm
 
 
-def _unlinked_file(directory):
+def _unlinked_file(directory: str) -> int:
     # Named as CPython's heap names its arenas; gone from the directory at once.
     for attempt in (0, 1):
         try:
@@ -114,9 +120,10 @@ def _unlinked_file(directory):
             raise
         os.unlink(name)
         return fd
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
-def _reserve(fd, offset, size, directory=None):
+def _reserve(fd: int, offset: int, size: int, directory: Optional[str] = None) -> None:
     if _compat.posix_fallocate is None or size == 0:
         return
     try:
@@ -133,7 +140,7 @@ def _reserve(fd, offset, size, directory=None):
             raise
 
 
-def _free_space(directory):
+def _free_space(directory: str) -> int:
     try:
         st = os.statvfs(directory)
     except (OSError, AttributeError):
@@ -144,7 +151,7 @@ def _free_space(directory):
 _warned = threading.Event()
 
 
-def _warn_disk(size, directory):
+def _warn_disk(size: int, directory: str) -> None:
     if not _warned.is_set():
         _warned.set()
         warnings.warn(
@@ -156,16 +163,18 @@ def _warn_disk(size, directory):
         )
 
 
-def _human(n):
+def _human(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return ("%d %s" if unit == "bytes" else "%.1f %s") % (n, unit)
         n /= 1024.0
+    raise AssertionError("unreachable: TiB returns")
 
 
 # -- mapping a span that another process created ---------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True) if _compat.LINUX else None
+# None elsewhere than Linux, where nothing calls it.
+_libc = cast(ctypes.CDLL, ctypes.CDLL(None, use_errno=True) if _compat.LINUX else None)
 if _libc is not None:
     _libc.mmap.restype = ctypes.c_void_p
     _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
@@ -175,7 +184,8 @@ if _libc is not None:
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def map_file(fd, offset, size, owns_fd=False, populate=None):
+def map_file(fd: int, offset: int, size: int, owns_fd: bool = False,
+             populate: Optional[bool] = None) -> Buffer:
     """Map ``size`` bytes of ``fd`` at ``offset`` as a ctypes byte array.
 
     Unlike ``mmap.mmap`` (before 3.13) this keeps no duplicate descriptor, so a
@@ -196,7 +206,7 @@ def map_file(fd, offset, size, owns_fd=False, populate=None):
         if e == errno.ENOMEM:
             raise MemoryError("shmpool: cannot map %s of shared memory" % _human(size))
         raise OSError(e, os.strerror(e))
-    buffer = (ctypes.c_byte * size).from_address(address + offset - start)
+    buffer = cast("Buffer", (ctypes.c_byte * size).from_address(address + offset - start))
     _release_when_collected(buffer, address, length, fd if owns_fd else -1)
     return buffer
 
@@ -214,11 +224,11 @@ _MADV_POPULATE_READ = 22
 _MADV_POPULATE_WRITE = 23
 _PARALLEL_MIN = 64 << 20  # bytes per populating thread, at least
 _MAX_THREADS = 4
-_shm_device = []          # st_dev of /dev/shm, once known
+_shm_device: List[Optional[int]] = []  # st_dev of /dev/shm, once known
 _populate_write = [True]  # MADV_POPULATE_WRITE works on this kernel, until it doesn't
 
 
-def populate(buffer):
+def populate(buffer: Buffer) -> bool:
     """Fill this process's page tables for all of ``buffer`` (a span from
     ``allocate`` or ``map_file``) now, so that a first pass over it takes no
     page faults: for a span this process inherited by fork, whose mapping a
@@ -228,10 +238,10 @@ def populate(buffer):
         return False
     address = ctypes.addressof(buffer)
     start = address - address % mmap.PAGESIZE
-    return _libc.madvise(start, size + address - start, _MADV_POPULATE_READ) == 0
+    return bool(_libc.madvise(start, size + address - start, _MADV_POPULATE_READ) == 0)
 
 
-def _in_memory(fd):
+def _in_memory(fd: int) -> bool:
     """Whether ``fd`` is a file of /dev/shm (the same device)."""
     if not _shm_device:
         try:
@@ -244,7 +254,7 @@ def _in_memory(fd):
         return False
 
 
-def _prefault(buffer):
+def _prefault(buffer: Buffer) -> None:
     """Zero and map every page of a new span now, in the kernel.  Best effort:
     the space is reserved already, so a failure only leaves the faults to the
     first touch."""
@@ -253,7 +263,7 @@ def _prefault(buffer):
         _advise_populate(ctypes.addressof(buffer), size)  # offset 0: page-aligned
 
 
-def _advise_populate(address, size):
+def _advise_populate(address: int, size: int) -> None:
     """MADV_POPULATE_WRITE over ``size`` bytes, split among a few threads when
     the span is big."""
     threads = min(_MAX_THREADS, _cpus(), size // _PARALLEL_MIN)
@@ -278,14 +288,14 @@ def _advise_populate(address, size):
         _join_all(workers)  # never leave a thread advising an unmapped range
 
 
-def _advise_range(address, size):
+def _advise_range(address: int, size: int) -> None:
     if _libc.madvise(address, size, _MADV_POPULATE_WRITE) != 0:
         if ctypes.get_errno() == errno.EINVAL:  # before Linux 5.14
             _populate_write[0] = False
         # else out of memory or interrupted: the first touch will fault
 
 
-def _join_all(threads):
+def _join_all(threads: List[threading.Thread]) -> None:
     interrupted = None
     for t in threads:
         while True:
@@ -298,19 +308,21 @@ def _join_all(threads):
         raise interrupted
 
 
-def _cpus():
+def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
 
 
-_finalizers = {}
+_finalizers: Dict[int, weakref.ref[Buffer]] = {}
 
 
-def _release_when_collected(buffer, address, length, fd):
+def _release_when_collected(buffer: Buffer, address: int, length: int, fd: int) -> None:
     # Bound now: at interpreter shutdown module globals may already be None.
-    def release(ref, munmap=_libc.munmap, close=os.close, forget=_finalizers.pop):
+    def release(ref: weakref.ref[Buffer], munmap: Callable[[int, int], object] = _libc.munmap,
+                close: Callable[[int], None] = os.close,
+                forget: Callable[[int, None], object] = _finalizers.pop) -> None:
         forget(id(ref), None)
         munmap(address, length)
         if fd >= 0:
