@@ -20,10 +20,13 @@ import pytest
 import shmpool
 from shmpool import SharedArrayExecutor
 
-from conftest import file_in_use, shm_file
-from reference_cases import Pickled, child_sends_own_block, views_of
+from conftest import file_in_use, process_alive, shm_file
+from reference_cases import (child_sends_own_block, first_row_view, give_back, make_array,
+                             mark, unpickle, views_of)
+from reference_cases import Pickled
+from reference_cases import pickled as wrap
 from pool_cases import (array_bytes, double, parent_view, pid_and_sum,
-                        reverse_in_place, worker_view)
+                        reverse_in_place, shares_memory_with_x, worker_view)
 from test_memory import DTYPES, sample, same
 
 # -- task functions (module level, so that spawn can import them) --------------------
@@ -52,41 +55,6 @@ def keywords(**kwargs):
 
 def fail(message):
     raise ValueError(message)
-
-
-def mark(view, value):
-    """Write through the view that arrived; report what arrived."""
-    if view.size:
-        view.flat[0] = value
-    return type(view).__name__, view.shape, view.flags.writeable, shmpool.is_shared(view)
-
-
-def give_back(obj):
-    return obj
-
-
-def first_row_view():
-    return shmpool.arrays["x"][0]
-
-
-def shares_memory_with_x(a):
-    return bool(np.shares_memory(a, shmpool.arrays["x"]))
-
-
-def make_array(n):
-    a = shmpool.empty(n, np.int32)
-    a[:] = np.arange(n) * n
-    return a
-
-
-def unpickle(payload):
-    import pickle
-    return pickle.loads(payload)
-
-
-def wrap(payload):
-    """A result that the parent cannot rebuild."""
-    return Pickled(payload)
 
 
 def exited_process_block(ctx):
@@ -171,14 +139,6 @@ KILLED_PARENT = textwrap.dedent('''
         time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
 ''')
-
-
-def alive(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 # -- the behaviours ---------------------------------------------------------------------
@@ -400,9 +360,9 @@ class ExecutorCases(object):
         assert len(pids) == 2, out.read_text()
         try:
             deadline = time.time() + 5
-            while any(map(alive, pids)) and time.time() < deadline:
+            while any(map(process_alive, pids)) and time.time() < deadline:
                 time.sleep(0.1)
-            assert not any(map(alive, pids)), "workers outlived their parent"
+            assert not any(map(process_alive, pids)), "workers outlived their parent"
         finally:
             for pid in pids:
                 try:

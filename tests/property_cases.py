@@ -18,7 +18,6 @@ tests skip (this module must import anyway: test_<method>.py import it).
 """
 
 import itertools
-import multiprocessing
 import os
 import warnings
 from multiprocessing.reduction import ForkingPickler
@@ -27,7 +26,8 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import SharedArrayPool
+
+from conftest import StartMethodCases
 
 # -- values and views, done alike in the parent and in the workers --------------------
 
@@ -350,20 +350,12 @@ def _draw_write(data, st, view):
 # -- the properties ---------------------------------------------------------------------
 
 
-class PropertyCases(object):
+class PropertyCases(StartMethodCases):
     start_method = None
 
     #: hypothesis examples per test, each one pool task or two (more with
     #: SHMPOOL_PROPERTY_EXAMPLES=N in the environment)
     examples = int(os.environ.get("SHMPOOL_PROPERTY_EXAMPLES", 120))
-
-    @property
-    def ctx(self):
-        return multiprocessing.get_context(self.start_method)
-
-    def pool(self, *args, **kwds):
-        kwds.setdefault("context", self.ctx)
-        return SharedArrayPool(*args, **kwds)
 
     def test_views_sent_to_workers_as_numpy_sees_them(self):
         """A shared array's view, passed as a task argument or by
