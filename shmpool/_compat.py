@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 LINUX = (sys.platform.startswith("linux") and os.path.isdir("/proc/self/fd")
          and not os.environ.get("SHMPOOL_PORTABLE"))
 
+#: A pool's pipes are file descriptors the parent can poll and read without
+#: blocking (on Windows they are handles: Connection's own blocking calls).
+PIPE_FDS = os.name == "posix"
+
 #: posix_fallocate reserves a file's space up front (not on macOS or Windows).
 posix_fallocate = getattr(os, "posix_fallocate", None)
 

@@ -120,7 +120,7 @@ def _is_chunk_of_map(fn: object) -> bool:
 #
 # ProcessPoolExecutor's worker loop dies on an exception while unpickling a call,
 # and its manager thread marks the whole executor broken on one while unpickling
-# a result.  As the pool's TaskQueue and _receive_result do, a reference whose
+# a result.  As the pool's TaskQueue and Receiver (queues) do, a reference whose
 # block is gone becomes that error, on that future.  Both hooks use only what is
 # the same from 3.7 to 3.13 (the _SafeQueue call queue with _CallItem(work_id, fn,
 # args, kwargs), a SimpleQueue of _ResultItem with work_id, exception, result);

@@ -22,27 +22,28 @@ Where an array goes::
       v                                             f(view) writes in place
     result  <------- results: values, or references to shared arrays
 
-Everything else is ``multiprocessing.pool.Pool`` unchanged: its task and result
-queues, handler threads, worker loop and ``maxtasksperchild`` replacement (the
-initializer runs in every replacement worker, so they get the arrays too).
+    tasks and results cross Pool's two pipes (``queues``): each worker records
+    in a status block which task it holds, so when one dies ``supervisor``
+    fails that task's call, or restarts the pool if it died mid-frame
+
+Everything else is ``multiprocessing.pool.Pool`` unchanged: its handler
+threads, worker loop and ``maxtasksperchild`` replacement (the initializer
+runs in every replacement worker, so they get the arrays too).
 """
 
 from __future__ import annotations
 
-import collections
-import functools
 import multiprocessing
 import os
 import threading
 import time
 from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
-                    Optional, Sized, Tuple, cast, overload)
+                    Optional, Sized, cast, overload)
 
-from . import ndarrays, pickling, progress, reduction, registry, supervisor, worker
+from . import ndarrays, pickling, progress, queues, registry, supervisor, worker
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
     from multiprocessing.context import BaseContext
     from multiprocessing.pool import ApplyResult, IMapIterator
     from typing import Literal, TypeVar
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
         # typeshed leaves out.
         _state: str
         _pool: List[Any]
+        _processes: int
         _ctx: Any
         _cache: Dict[int, supervisor.Pending]
 
@@ -150,19 +152,39 @@ class SharedArrayPool(_Pool):
 
     def _setup_queues(self) -> None:
         # As Pool._setup_queues (3.7 to 3.13), with queues that keep the
-        # worker's status (see supervisor) and survive a shared array that can
-        # no longer be reached.
-        self._inqueue = worker.TaskQueue(ctx=self._ctx)
-        self._outqueue = worker.ResultQueue(ctx=self._ctx)
-        self._quick_put = functools.partial(worker.send_task, self._inqueue._writer.send_bytes)
-        self._quick_get = _ResultReceiver(self._outqueue._reader)
+        # worker's status (see supervisor), survive a shared array that can no
+        # longer be reached, and can be renewed.
+        self._inqueue = queues.TaskQueue(ctx=self._ctx)
+        self._outqueue = queues.ResultQueue(ctx=self._ctx)
+        self._quick_put = self._inqueue.send
+        self._quick_get = queues.Receiver(self._outqueue)
+
+    def _get_sentinels(self) -> List[Any]:
+        # (3.8+) What Pool's worker thread waits on besides the workers; kept,
+        # for its result pipe is renewed in place.
+        sentinels: List[Any] = super(SharedArrayPool, self)._get_sentinels()  # type: ignore[misc]  # not in typeshed
+        self._sentinels = sentinels
+        return sentinels
+
+    def _renew_queues(self) -> None:
+        """Fresh pipes for both queues, once a dead worker tore one (see
+        supervisor)."""
+        reader = self._outqueue._reader
+        self._inqueue.renew()
+        self._outqueue.renew()
+        sentinels = getattr(self, "_sentinels", [])
+        for i, s in enumerate(sentinels):
+            if s is reader:  # (else Pool's worker thread would wake without end)
+                sentinels[i] = self._outqueue._reader
 
     @staticmethod
-    def _help_stuff_finish(inqueue: worker.TaskQueue, task_handler: threading.Thread,
+    def _help_stuff_finish(inqueue: queues.TaskQueue, task_handler: threading.Thread,
                            size: int) -> None:
         # As Pool._help_stuff_finish (3.8 to 3.13; 3.7 drains alike): drop the
-        # tasks still queued, as bytes, for they are framed (see send_task).
-        inqueue._rlock.acquire()
+        # tasks still queued, as bytes, for they are framed (see TaskQueue.send).
+        # Not forever for the lock: a worker killed holding it would hang
+        # terminate() (the supervisor releases it, but may be just too late).
+        inqueue._rlock.acquire(timeout=1.0)
         while task_handler.is_alive() and inqueue._reader.poll():
             inqueue._reader.recv_bytes()
             time.sleep(0)
@@ -186,6 +208,13 @@ class SharedArrayPool(_Pool):
                    error_callback: Optional[Callable[[BaseException], object]] = None,
                    ) -> progress.MapResult[Any]:
         # map, map_async, starmap and starmap_async all come through here.
+        if chunksize is None and self._state == _mp_pool.RUN:
+            # As Pool does, but by the pool's size, not its list of workers:
+            # that is empty for a moment while the pool restarts.
+            if not hasattr(iterable, "__len__"):
+                iterable = list(iterable)
+            chunksize, extra = divmod(len(cast("Sized", iterable)), self._processes * 4)
+            chunksize += bool(extra)
         return super(SharedArrayPool, self)._map_async(
             pickling.portable(func), iterable, mapper, chunksize, callback,
             error_callback)
@@ -261,26 +290,3 @@ def _interruptible_get(result: ApplyResult[_T]) -> _T:
     while not result.ready():
         result.wait(0.2)
     return result.get()
-
-
-class _ResultReceiver(object):
-    """The result thread's ``get``.  A result whose shared array cannot be
-    reached becomes that error, instead of an exception that would end the
-    thread; and the last results received are remembered, so the supervisor
-    can tell whether a worker that died writing one had finished."""
-
-    def __init__(self, reader: Connection) -> None:
-        self.reader = reader
-        self.recent: collections.deque[Tuple[int, int]] = collections.deque(maxlen=1024)
-
-    def __call__(self) -> Any:  # a Pool result, or None
-        failures = reduction.tolerate()
-        try:
-            result = self.reader.recv()
-        finally:
-            reduction.tolerate(None)
-        if result is not None:
-            self.recent.append(result[:2])
-            if failures:
-                result = (result[0], result[1], (False, failures[0]))
-        return result

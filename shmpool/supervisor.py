@@ -2,29 +2,37 @@
 
 ``multiprocessing.Pool`` replaces a worker that dies, but the task it was
 running is lost and the call waiting for it hangs.  Here every worker writes
-what it is doing into a small shared status block (see ``worker.TaskQueue``
-and ``worker.ResultQueue``); a monitor thread in the parent notices a worker's
+what it is doing into a small shared status block (see ``queues.TaskQueue``
+and ``queues.ResultQueue``); a monitor thread in the parent notices a worker's
 exit within a tenth of a second and, from the dead worker's last status:
 
     running task (job, i)     that task fails with WorkerDied, through the
                               result queue, so the result thread applies it
     holding a queue's lock    the lock is released for the other workers (and
                               a task it had read fails as above)
-    mid-read or mid-write     the queues cannot be trusted: every call in
-                              flight fails with WorkerDied, the pool terminates
+    mid-read or mid-write     the queues cannot be trusted: the pool restarts
+                              (below) and every call in flight fails
     idle                      nothing was lost
 
 Workers retired by ``maxtasksperchild`` exit idle, so they are not deaths.
+
+A restart kills every worker, puts fresh pipes into the pool's queues (see
+``queues``), and has the result thread fail the calls that were in flight;
+meanwhile no worker is made, and afterwards Pool's own worker thread replaces
+the killed ones as it replaces any dead worker.  Calls made after the restart
+run as usual.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
+import traceback
 import time
 import weakref
 from multiprocessing import pool as _mp_pool
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, Type, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple, Type, cast
 
 import numpy as np
 
@@ -59,6 +67,10 @@ if TYPE_CHECKING:
         _items: collections.deque[Tuple[bool, Any]]
         _index: int
         _length: Optional[int]
+        _number_left: int
+        _cache: Dict[int, Any]
+
+        def _set(self, i: int, obj: Tuple[bool, Any]) -> None: ...
 
 # A worker's states, in the order it goes through them for each task.
 IDLE, WAITING, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT = range(8)
@@ -90,18 +102,23 @@ class Supervisor(object):
     def __init__(self, ctx: Any) -> None:  # a multiprocessing context
         self.ctx = ctx
         self.workers: Dict[Worker, npt.NDArray[np.int64]] = {}  # Process -> status
-        self.lock = threading.Lock()
+        self.changed = threading.Condition()  # guards workers and restarting
+        self.restarting = False
         self.pool: Optional[weakref.ref[SharedArrayPool]] = None
 
     def process(self, ctx: Any, kwds: Dict[str, Any]) -> Worker:
-        """Make a worker process as Pool does, with a status block of its own."""
+        """Make a worker process as Pool does, with a status block of its own
+        (waiting while the pool restarts: a worker made then could get the
+        queues' old pipes)."""
         args = list(kwds["args"])
         initargs = args[3]
         status = new_status()
         args[3] = tuple(initargs[:-1]) + (status,)
         kwds = dict(kwds, args=tuple(args))
-        p: Worker = (ctx or self.ctx).Process(**kwds)
-        with self.lock:
+        with self.changed:
+            while self.restarting:
+                self.changed.wait()
+            p: Worker = (ctx or self.ctx).Process(**kwds)
             self.workers[p] = status
         return p
 
@@ -117,17 +134,19 @@ class Supervisor(object):
             pool = cast("weakref.ref[SharedArrayPool]", self.pool)()  # start() set it
             if pool is None or pool._state == _mp_pool.TERMINATE:
                 return
-            with self.lock:
+            with self.changed:
                 ended = [(p, s) for p, s in self.workers.items()
                          if p._popen is not None and p._popen.returncode is not None]
                 for p, _ in ended:
                     del self.workers[p]
             for p, status in ended:
-                self._ended(pool, p, status)
+                if self._ended(pool, p, status):
+                    break  # restarted: the others were old workers
             del pool
 
     def _ended(self, pool: SharedArrayPool, p: Worker,
-               status: npt.NDArray[np.int64]) -> None:
+               status: npt.NDArray[np.int64]) -> bool:
+        """Answer for a worker that ended; True if the pool restarted."""
         # returncode is read, never polled: Pool's own thread reaps the worker,
         # and two pollers of one forkserver child would race for its status.
         state, job, index = (int(v) for v in status)
@@ -137,17 +156,44 @@ class Supervisor(object):
         elif state == SENT:
             _release(pool._outqueue._wlock)
         if state in (IDLE, WAITING, LOCKED, SENT):
-            return
+            return False
         error = WorkerDied(_describe(p.pid, code, state), p.pid, code)
         if state in (RECEIVED, RUNNING):
             pool._outqueue.put((job, index, (False, error)))
-            return
+            return False
         if state == SENDING and _arrives(pool, (job, index)):
             _release(pool._outqueue._wlock)  # it died just after writing
-            return
-        _release(pool._outqueue._wlock)
-        _fail_everything(pool, error)
-        threading.Thread(target=pool.terminate, name="shmpool-terminate").start()
+            return False
+        self._restart(pool, error)
+        return True
+
+    def _restart(self, pool: SharedArrayPool, error: WorkerDied) -> None:
+        with self.changed:
+            self.restarting = True
+            old = list(self.workers)
+            self.workers.clear()
+        try:
+            for p in old:
+                _kill(p)
+            pool._renew_queues()
+            # The calls in flight are those in the cache now: any task written
+            # into an old pipe belongs to one of them.
+            pool._quick_get.call_soon(functools.partial(
+                _fail, pool._cache, list(pool._cache), error))
+        finally:
+            with self.changed:
+                self.restarting = False
+                self.changed.notify_all()
+
+
+def _kill(p: Worker, timeout: float = 5.0) -> None:
+    """SIGKILL a worker (once it has started: Pool starts it right after
+    making it).  Pool's worker thread reaps it."""
+    deadline = time.monotonic() + timeout
+    while p._popen is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if p._popen is not None:
+        p.kill()
 
 
 def _arrives(pool: SharedArrayPool, key: Tuple[int, int], timeout: float = 1.0) -> bool:
@@ -183,26 +229,51 @@ def _describe(pid: int, code: Optional[int], state: int) -> str:
     message = "shmpool: a worker of the pool (pid %d) %s %s" % (pid, how, what)
     if state not in (RECEIVED, RUNNING):
         message += ("; the pool's queues cannot be trusted after that, so every "
-                    "call in flight fails and the pool is terminated")
+                    "call in flight fails and the pool restarts its workers")
     return message
 
 
-def _fail_everything(pool: SharedArrayPool, error: BaseException) -> None:
-    """Fail every call waiting on ``pool``, in place of results that won't come."""
-    for job, result in list(pool._cache.items()):
+def _fail(cache: Dict[int, Pending], jobs: Iterable[int], error: BaseException) -> None:
+    """Fail the calls ``jobs`` with ``error``, as if their lost tasks had
+    raised it: run by the result thread, the one that sets results."""
+    for job in jobs:
+        result = cache.get(job)
+        if result is None:
+            continue  # it ended meanwhile
         try:
-            del pool._cache[job]  # (3.8+: _PoolCache.__delitem__ wakes the handler)
-        except KeyError:
-            continue  # its result arrived meanwhile
-        if hasattr(result, "_pool"):
-            result._pool = None  # as 3.8+ does when a result is set
-        if isinstance(result, _mp_pool.IMapIterator):
-            with result._cond:
-                result._items.append((False, error))
-                result._length = result._index  # then StopIteration
-                result._cond.notify()
-            continue
-        result._success, result._value = False, error
-        if result._error_callback is not None:
-            result._error_callback(error)
-        result._event.set()
+            if isinstance(result, _mp_pool.IMapIterator):
+                _end(cache, job, result, error)
+            else:
+                if isinstance(result, _mp_pool.MapResult):
+                    result._number_left = 1  # the chunks still out are lost
+                result._set(0, (False, error))
+        except Exception:
+            traceback.print_exc()  # (a callback's error) the other calls still fail
+
+
+def _end(cache: Dict[int, Pending], job: int, result: Pending, error: BaseException) -> None:
+    """End an imap iterator whose tasks were lost: it yields the results that
+    came, then raises ``error``, then stops."""
+    del cache[job]
+    with result._cond:
+        result._items.append((False, error))
+        result._cache = _Forgetful()
+        result.__class__ = _EndedIterator  # type: ignore[assignment]  # an IMapIterator still
+        result._cond.notify()
+
+
+class _EndedIterator(_mp_pool.IMapIterator):  # type: ignore[type-arg]  # any result type
+    # Pool's task thread may still call the iterator's _set_length (bound
+    # before it ended); this _length makes that call find it ended.
+    _length = property(lambda self: self._index, lambda self, value: None)
+
+    def _set(self, i: int, obj: Any) -> None:
+        pass
+
+    def _set_length(self, length: int) -> None:
+        pass
+
+
+class _Forgetful(Dict[int, Any]):
+    def __delitem__(self, job: int) -> None:
+        self.pop(job, None)

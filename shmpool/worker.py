@@ -5,43 +5,24 @@ of the pool's arrays."""
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import multiprocessing.connection
 import os
-import select
-import struct
 import threading
 import time
 from collections.abc import Mapping
-from multiprocessing.queues import SimpleQueue
-from multiprocessing.reduction import ForkingPickler
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Tuple,
                     Union)
 
-from . import _compat, memory, ndarrays, reduction, registry
-from .supervisor import (IDLE, INDEX, JOB, LOCKED, READING, RECEIVED, RUNNING,
-                         SENDING, SENT, STATE, WAITING)
+from . import _compat, memory, ndarrays, queues, registry
 
 if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
-    from multiprocessing.synchronize import Lock
-    from typing import NoReturn
-
     import numpy as np
     import numpy.typing as npt
 
     _Mapping = Mapping[str, npt.NDArray[Any]]
-
-    class _SimpleQueue(SimpleQueue[Any]):
-        # SimpleQueue's attributes that typeshed leaves out.
-        _reader: Connection
-        _writer: Connection
-        _rlock: Lock
-        _wlock: Optional[Lock]
 else:
     _Mapping = Mapping
-    _SimpleQueue = SimpleQueue
 
 
 class ArrayMap(_Mapping):
@@ -75,9 +56,6 @@ class ArrayMap(_Mapping):
 #: In a pool's worker, the pool's shared arrays by name; empty elsewhere.
 arrays = ArrayMap()
 
-# This worker's status block, read by the parent's supervisor (a scratch one
-# until the pool's initializer runs).
-_status = memoryview(bytearray(24)).cast("q")
 _registry: Optional[registry.View] = None  # this worker's view of the pool's table of arrays
 
 
@@ -88,11 +66,12 @@ def initialize(registry_block: npt.NDArray[np.uint8], shared: Mapping[str, npt.N
     them as ``shmpool.arrays``, watch the parent, then run the user's own
     initializer.  (``shared``, the arrays shared when the pool started, has
     arrived already: unpickling it mapped them.)"""
-    global _status, _registry
+    global _registry
     if status is not None:
-        _status = memoryview(status)  # faster to set than the ndarray
+        queues.status = memoryview(status)  # faster to set than the ndarray
     _registry = registry.View(registry_block, arrays)
     _registry.refresh()
+    queues.before_task = _registry.refresh
     # A forked worker inherits the mappings without their page tables: fill
     # them now, at start-up, not by page faults during the first tasks.
     for a in arrays.values():
@@ -102,75 +81,6 @@ def initialize(registry_block: npt.NDArray[np.uint8], shared: Mapping[str, npt.N
     _watch_parent(parent, _registry)
     if initializer is not None:
         initializer(*initargs)
-
-
-_HEAD = struct.Struct("<qq")  # (job, index) before each task; (-1, -1) before None
-
-
-def send_task(send_bytes: Callable[[memoryview], object],
-              task: Optional[Tuple[Any, ...]]) -> None:
-    """How the parent puts a task on the queue: ``(job, index)`` first, so a
-    worker knows which task it holds before it unpickles the rest."""
-    buf = io.BytesIO()
-    buf.write(_HEAD.pack(*task[:2]) if task is not None else _HEAD.pack(-1, -1))
-    ForkingPickler(buf).dump(task)
-    send_bytes(buf.getbuffer())
-
-
-class TaskQueue(_SimpleQueue):
-    """The pool's task queue, worker side: records each step in the status
-    block, and turns a task whose shared array cannot be reached into a task
-    that raises why (an exception here would end the worker loop, losing it)."""
-
-    def get(self) -> Any:  # a Pool task, or None
-        status = _status
-        status[STATE] = WAITING
-        with self._rlock:
-            status[STATE] = LOCKED
-            self._wait_readable()
-            status[STATE] = READING
-            data = self._reader.recv_bytes()
-            status[JOB], status[INDEX] = _HEAD.unpack_from(data)  # (-1, -1): None
-            status[STATE] = RECEIVED
-        status[STATE] = RUNNING
-        if _registry is not None:
-            _registry.refresh()
-        failures = reduction.tolerate()
-        try:
-            task = ForkingPickler.loads(memoryview(data)[_HEAD.size:])
-        finally:
-            reduction.tolerate(None)
-        if failures and task is not None:
-            task = (task[0], task[1], _raise, (failures[0],), {})
-        return task
-
-
-    def _wait_readable(self) -> None:
-        # Connection.poll(None) builds a selector each time: too slow per task.
-        waiter = self.__dict__.get("_waiter")
-        if waiter is None:
-            waiter = self.__dict__["_waiter"] = select.poll()
-            waiter.register(self._reader.fileno(), select.POLLIN)
-        while not waiter.poll():
-            pass
-
-
-class ResultQueue(_SimpleQueue):
-    """The pool's result queue, worker side: records when a result is being
-    written, during which a death leaves the queue in doubt."""
-
-    def put(self, obj: Any) -> None:
-        status = _status
-        data = ForkingPickler.dumps(obj)
-        with self._wlock or _compat.nullcontext():
-            status[STATE] = SENDING
-            self._writer.send_bytes(data)
-            status[STATE] = SENT
-        status[STATE] = IDLE
-
-
-def _raise(error: BaseException) -> NoReturn:
-    raise error
 
 
 def _watch_parent(pid: int, registry_view: registry.View) -> None:

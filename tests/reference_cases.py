@@ -1,7 +1,6 @@
 """Shared arrays travel as references wherever multiprocessing pickles them,
 written once; test_fork/spawn/forkserver run it under their start method."""
 
-import functools
 import gc
 import pickle
 import time
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import SharedArrayPool, blocks, inflight, worker
+from shmpool import SharedArrayPool, blocks, inflight
 
 from conftest import StartMethodCases, file_in_use, open_fds, shm_file
 
@@ -121,12 +120,12 @@ class ReferenceCases(StartMethodCases):
         class CountingPool(SharedArrayPool):
             def _setup_queues(self):
                 SharedArrayPool._setup_queues(self)
-                send_bytes = self._inqueue._writer.send_bytes
+                send = self._quick_put
 
-                def counting(data):
-                    sent.append(len(data))
-                    send_bytes(data)
-                self._quick_put = functools.partial(worker.send_task, counting)
+                def counting(task):
+                    sent.append(len(ForkingPickler.dumps(task)))
+                    send(task)
+                self._quick_put = counting
 
         with CountingPool(2, context=self.ctx) as pool:
             got = pool.starmap(mark, [(X[i], i + 1.0) for i in range(50)], chunksize=1)
