@@ -2,8 +2,10 @@
 once, run under each start method by test_fork/spawn/forkserver."""
 
 import ctypes
+import gc
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import WorkerDied
+from shmpool import WorkerDied, queues
 
 from conftest import HERE, StartMethodCases, file_in_use, process_alive
 
@@ -49,6 +51,36 @@ def total(name):
     return float(shmpool.arrays[name].sum())
 
 
+def arm_tears():
+    """Initializer: this worker dies halfway through reading its next task, or
+    writing its next result, when the parent sets shared "tears" to 1 or 2 (a
+    death in the middle of a frame, which a signal could only hit by chance)."""
+    tears = shmpool.arrays["tears"]
+    for q in gc.get_objects():
+        if isinstance(q, queues.TaskQueue):
+            reader = q._reader
+            recv_bytes = reader.recv_bytes
+
+            def torn_recv(*args, _recv=recv_bytes, _fd=reader.fileno()):
+                if tears[0] == 1:  # (only one worker reads at a time)
+                    tears[0] = 0
+                    os.read(_fd, 6)  # the header and two bytes of the task
+                    os._exit(7)
+                return _recv(*args)
+            reader.recv_bytes = torn_recv
+        elif isinstance(q, queues.ResultQueue):
+            writer = q._writer
+            send_bytes = writer.send_bytes
+
+            def torn_send(data, _send=send_bytes, _fd=writer.fileno()):
+                if tears[0] == 2:
+                    tears[0] = 0
+                    os.write(_fd, struct.pack("!i", len(data)) + bytes(data[:2]))
+                    os._exit(7)
+                return _send(data)
+            writer.send_bytes = torn_send
+
+
 class ReliabilityCases(StartMethodCases):
 
     @pytest.mark.parametrize("how,match", [
@@ -83,6 +115,42 @@ class ReliabilityCases(StartMethodCases):
             with pytest.raises(WorkerDied, match="code 5"):
                 pool.starmap(die_at, [(i,) for i in range(10)])
             assert pool.map(square, range(4)) == [0, 1, 4, 9]
+
+    @pytest.mark.parametrize("tear,match", [
+        (1, "while reading a task off"), (2, "while writing a result into")])
+    def test_torn_queue_restarts_the_pool(self, tear, match):
+        tears = shmpool.zeros(1, np.int64)
+        with self.pool(2, initializer=arm_tears,
+                       arrays={"tears": tears, "x": np.ones(10)}) as pool:
+            before = set(pool.map(pid, range(8), chunksize=1))
+            errors = []  # the calls in flight fail too
+            sleeping = pool.apply_async(time.sleep, (5,), error_callback=errors.append)
+            iterator = pool.imap(die_at, [1, 2, 3] + [8] * 50)
+            assert [next(iterator) for _ in range(3)] == [1, 2, 3]
+            mapped = pool.map_async(square, range(100), chunksize=1)
+            tears[0] = tear
+            start = time.monotonic()
+            with pytest.raises(WorkerDied, match=match) as info:
+                pool.apply(square, (3,))
+            assert time.monotonic() - start < 2
+            assert "exited with code 7" in str(info.value)
+            assert "restarts its workers" in str(info.value)
+            with pytest.raises(WorkerDied, match=match):
+                sleeping.get(2)
+            assert len(errors) == 1 and isinstance(errors[0], WorkerDied)
+            with pytest.raises(WorkerDied, match=match):
+                mapped.get(2)
+            with pytest.raises(WorkerDied, match=match):  # what came, the error, the end
+                list(iterator)
+            with pytest.raises(StopIteration):
+                next(iterator)
+            assert tears[0] == 0
+            # Fresh workers, with the arrays, on fresh queues.
+            assert pool.map(square, range(50), chunksize=1) == [i * i for i in range(50)]
+            after = set(pool.map(pid, range(8), chunksize=1))
+            assert not before & after and len(pool._pool) == 2
+            assert pool.apply(total, ("x",)) == 10.0
+            assert list(pool.imap_unordered(square, range(5))) != []
 
     def test_idle_workers_killed(self):
         with self.pool(2) as pool:
