@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
-from . import ndarrays
+from . import _compat, ndarrays
 
 if TYPE_CHECKING:
     import collections
@@ -139,6 +139,9 @@ class Supervisor(object):
                          if p._popen is not None and p._popen.returncode is not None]
                 for p, _ in ended:
                     del self.workers[p]
+            # Those sure to hold a lock first: they release it, so that the
+            # others' locks are not taken for orphaned.
+            ended.sort(key=lambda ps: int(ps[1][STATE]) in (WAITING, RECEIVED, RUNNING))
             for p, status in ended:
                 if self._ended(pool, p, status):
                     break  # restarted: the others were old workers
@@ -151,20 +154,37 @@ class Supervisor(object):
         # and two pollers of one forkserver child would race for its status.
         state, job, index = (int(v) for v in status)
         code = p._popen.returncode
-        if state in (LOCKED, RECEIVED):
+        torn = state == READING or (state == SENDING and not _arrives(pool, (job, index)))
+        # A death just after taking or just before leaving a queue's lock leaves
+        # the status one step behind: the lock may be held by nobody alive.
+        unsure = ((state in (WAITING, RECEIVED) and self._orphaned(
+                      pool._inqueue._rlock, (LOCKED, READING, RECEIVED)))
+                  or (state == RUNNING and self._orphaned(
+                      pool._outqueue._wlock, (SENDING, SENT))))
+        if torn or unsure:
+            self._restart(pool, WorkerDied(_describe(p.pid, code, state, True), p.pid, code))
+            return True
+        if state == LOCKED:
             _release(pool._inqueue._rlock)
-        elif state == SENT:
-            _release(pool._outqueue._wlock)
-        if state in (IDLE, WAITING, LOCKED, SENT):
-            return False
-        error = WorkerDied(_describe(p.pid, code, state), p.pid, code)
+        elif state in (SENDING, SENT):
+            _release(pool._outqueue._wlock)  # it died after writing a whole result
         if state in (RECEIVED, RUNNING):
-            pool._outqueue.put((job, index, (False, error)))
-            return False
-        if state == SENDING and _arrives(pool, (job, index)):
-            _release(pool._outqueue._wlock)  # it died just after writing
-            return False
-        self._restart(pool, error)
+            error = WorkerDied(_describe(p.pid, code, state, False), p.pid, code)
+            _deliver(pool, job, index, error)
+        return False
+
+    def _orphaned(self, lock: Any, claims: Tuple[int, ...]) -> bool:
+        """Whether ``lock`` stays held while no live worker's status claims it."""
+        for _ in range(10):  # (a live worker may be a step behind too, for a moment)
+            try:
+                if lock._semlock._get_value() != 0:
+                    return False
+            except (AttributeError, NotImplementedError):
+                return True  # (macOS cannot tell) assume the worst
+            with self.changed:
+                if any(int(s[STATE]) in claims for s in self.workers.values()):
+                    return False
+            time.sleep(0.01)
         return True
 
     def _restart(self, pool: SharedArrayPool, error: WorkerDied) -> None:
@@ -215,7 +235,7 @@ def _release(lock: Any) -> None:  # a lock, or None
         pass  # it had released it already (or the platform has no lock)
 
 
-def _describe(pid: int, code: Optional[int], state: int) -> str:
+def _describe(pid: int, code: Optional[int], state: int, restart: bool) -> str:
     if code is not None and code < 0:
         try:
             how = "was killed by signal %d (%s)" % (-code, signal.Signals(-code).name)
@@ -223,14 +243,31 @@ def _describe(pid: int, code: Optional[int], state: int) -> str:
             how = "was killed by signal %d" % -code
     else:
         how = "exited with code %s" % code
-    what = {RECEIVED: "while running this task", RUNNING: "while running this task",
+    what = {WAITING: "while waiting for a task", RECEIVED: "while running this task",
+            RUNNING: "while running this task",
             READING: "while reading a task off the pool's queue",
             SENDING: "while writing a result into the pool's queue"}[state]
     message = "shmpool: a worker of the pool (pid %d) %s %s" % (pid, how, what)
-    if state not in (RECEIVED, RUNNING):
+    if restart:
         message += ("; the pool's queues cannot be trusted after that, so every "
                     "call in flight fails and the pool restarts its workers")
     return message
+
+
+def _deliver(pool: SharedArrayPool, job: int, index: int, error: BaseException) -> None:
+    """Fail task ``(job, index)`` as if it had raised ``error``: by the result
+    thread (not through the result pipe, whose lock a dying worker may hold)."""
+    if not _compat.PIPE_FDS:  # (Windows: the result thread waits in a pipe read)
+        pool._outqueue.put((job, index, (False, error)))
+        return
+    pool._quick_get.call_soon(functools.partial(_set, pool._cache, job, index, error))
+
+
+def _set(cache: Dict[int, Pending], job: int, index: int, error: BaseException) -> None:
+    try:
+        cache[job]._set(index, (False, error))
+    except KeyError:
+        pass  # as Pool's result thread: the call has ended already
 
 
 def _fail(cache: Dict[int, Pending], jobs: Iterable[int], error: BaseException) -> None:
