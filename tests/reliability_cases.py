@@ -1,9 +1,11 @@
 """No hang when a worker dies, no orphan worker, no leaked memory; written
 once, run under each start method by test_fork/spawn/forkserver."""
 
+import collections
 import ctypes
 import gc
 import os
+import random
 import signal
 import struct
 import subprocess
@@ -49,6 +51,11 @@ def pid(_=None):
 
 def total(name):
     return float(shmpool.arrays[name].sum())
+
+
+def payload(i):
+    time.sleep(0.001)
+    return np.full(1000 * (i % 7), i, np.int64)  # results of 0 to 48 KB
 
 
 def arm_tears():
@@ -151,6 +158,39 @@ class ReliabilityCases(StartMethodCases):
             assert not before & after and len(pool._pool) == 2
             assert pool.apply(total, ("x",)) == 10.0
             assert list(pool.imap_unordered(square, range(5))) != []
+
+    def test_random_kills_never_hang(self):
+        # SIGKILLs at random moments land in every state: running, waiting,
+        # taking or leaving a lock, mid-frame.  Every call returns its results
+        # or raises WorkerDied; none hangs, and the pool works at the end.
+        rnd = random.Random(5)
+        outcomes = collections.Counter()
+        with self.pool(2) as pool:
+            start = time.monotonic()
+            while time.monotonic() - start < (3 if outcomes["died"] >= 3 else 15):
+                calls = [pool.map_async(payload, range(30), chunksize=1),
+                         pool.apply_async(payload, (3,))]
+                time.sleep(rnd.uniform(0, 0.05))
+                victim = rnd.choice([p.pid for p in pool._pool if p.pid])
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                for call, expected in zip(calls, ([payload(i) for i in range(30)],
+                                                  payload(3))):
+                    try:
+                        got = call.get(10)
+                    except WorkerDied:
+                        outcomes["died"] += 1
+                    else:
+                        outcomes["ok"] += 1
+                        if isinstance(expected, list):
+                            assert len(got) == len(expected)
+                            assert all(map(np.array_equal, got, expected))
+                        else:
+                            assert np.array_equal(got, expected)
+            assert outcomes["died"] >= 3, outcomes
+            assert pool.map(square, range(10)) == [i * i for i in range(10)]
 
     def test_idle_workers_killed(self):
         with self.pool(2) as pool:
