@@ -6,12 +6,14 @@ what it is doing into a small shared status block (see ``queues.TaskQueue``
 and ``queues.ResultQueue``); a monitor thread in the parent notices a worker's
 exit within a tenth of a second and, from the dead worker's last status:
 
-    running task (job, i)     that task fails with WorkerDied, through the
-                              result queue, so the result thread applies it
-    holding a queue's lock    the lock is released for the other workers (and
-                              a task it had read fails as above)
+    running task (job, i)     that task fails with WorkerDied, handed to
+                              the result thread, which sets results
+    holding a queue's lock    the lock is released for the other workers
     mid-read or mid-write     the queues cannot be trusted: the pool restarts
                               (below) and every call in flight fails
+    a step from a lock        (just took or left one, status not yet written)
+                              if the lock stays held by no live worker, it
+                              cannot be safely released: the pool restarts
     idle                      nothing was lost
 
 Workers retired by ``maxtasksperchild`` exit idle, so they are not deaths.
