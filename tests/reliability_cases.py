@@ -171,10 +171,10 @@ class ReliabilityCases(StartMethodCases):
                 calls = [pool.map_async(payload, range(30), chunksize=1),
                          pool.apply_async(payload, (3,))]
                 time.sleep(rnd.uniform(0, 0.05))
-                victim = rnd.choice([p.pid for p in pool._pool if p.pid])
+                workers = [p.pid for p in pool._pool if p.pid]  # (none while replaced)
                 try:
-                    os.kill(victim, signal.SIGKILL)
-                except ProcessLookupError:
+                    os.kill(rnd.choice(workers), signal.SIGKILL)
+                except (IndexError, ProcessLookupError):
                     pass
                 for call, expected in zip(calls, ([payload(i) for i in range(30)],
                                                   payload(3))):
