@@ -57,7 +57,7 @@ class FeatureCases(StartMethodCases):
             assert pool.share("late", late) is late  # already shared: no copy
             copied = pool.share("copied", np.arange(5.0))
             assert pool.map(names, range(4)) == [["a", "copied", "late"]] * 4
-            pool.map(add_one, ["late"] * 3)
+            pool.map(add_one, ["late"] * 3, chunksize=3)  # (one worker: += is not atomic)
             assert late.tolist() == [3.0] * 10
             assert pool.apply(total, ("copied",)) == 10.0 and shmpool.is_shared(copied)
             assert sorted(pool.arrays) == ["a", "copied", "late"]
