@@ -336,6 +336,18 @@ def _draw_ops(data, ops_strategy, mirror):
     return kept, mirror
 
 
+def _draw_array(data, st, dtypes, shapes, ops):
+    """A dtype, a shape and raw contents, numpy's array of them, and view
+    operations with numpy's view of that array."""
+    dtype = data.draw(dtypes, label="dtype")
+    shape = data.draw(shapes(dtype), label="shape")
+    n = int(np.prod(shape)) * dtype.itemsize
+    raw = valid(dtype, data.draw(st.binary(min_size=n, max_size=n), label="raw"))
+    mirror = from_raw(dtype, shape, raw)
+    kept, mv = _draw_ops(data, ops, mirror)
+    return dtype, shape, raw, mirror, kept, mv
+
+
 def _draw_write(data, st, view):
     """A transform for ``view`` and the new values it may need (plain array)."""
     mode = data.draw(st.sampled_from(modes_for(view.dtype)), label="mode")
@@ -370,12 +382,7 @@ class PropertyCases(StartMethodCases):
             @_settings(self.examples)
             @given(st.data())
             def check(data):
-                dtype = data.draw(dtypes, label="dtype")
-                shape = data.draw(shapes(dtype), label="shape")
-                n = int(np.prod(shape)) * dtype.itemsize
-                raw = valid(dtype, data.draw(st.binary(min_size=n, max_size=n), label="raw"))
-                mirror = from_raw(dtype, shape, raw)
-                kept, mv = _draw_ops(data, ops, mirror)
+                dtype, shape, raw, mirror, kept, mv = _draw_array(data, st, dtypes, shapes, ops)
                 via = data.draw(st.sampled_from(["arg", "share", "value"]), label="via")
                 mode, new = _draw_write(data, st, mv)
 
@@ -501,12 +508,7 @@ class PropertyCases(StartMethodCases):
             @_settings(self.examples)
             @given(st.data())
             def check(data):
-                dtype = data.draw(dtypes, label="dtype")
-                shape = data.draw(shapes(dtype), label="shape")
-                n = int(np.prod(shape)) * dtype.itemsize
-                raw = valid(dtype, data.draw(st.binary(min_size=n, max_size=n), label="raw"))
-                mirror = from_raw(dtype, shape, raw)
-                kept, mv = _draw_ops(data, ops, mirror)
+                dtype, shape, raw, mirror, kept, mv = _draw_array(data, st, dtypes, shapes, ops)
                 mode, new = _draw_write(data, st, mv)
 
                 back = pool.apply(make_view, (dtype, shape, raw, kept))
