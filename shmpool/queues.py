@@ -18,7 +18,7 @@ import select
 import struct
 from multiprocessing.queues import SimpleQueue
 from multiprocessing.reduction import ForkingPickler
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 from . import _compat, reduction
 from .supervisor import (IDLE, INDEX, JOB, LOCKED, READING, RECEIVED, RUNNING,
@@ -81,13 +81,26 @@ class TaskQueue(_Queue):
         """The parent's put: ``(job, index)`` first, so a worker knows which
         task it holds before it unpickles the rest."""
         buf = io.BytesIO()
+        buf.write(_SIZE.pack(0))  # the frame's header, filled in below
         buf.write(_HEAD.pack(*task[:2]) if task is not None else _HEAD.pack(-1, -1))
         ForkingPickler(buf).dump(task)
-        if not _compat.PIPE_FDS:
-            self._writer.send_bytes(buf.getbuffer())
+        frame = buf.getbuffer()
+        size = len(frame) - _SIZE.size
+        if size > 0x7fffffff or not _compat.PIPE_FDS:
+            self._send_bytes(frame[_SIZE.size:])
             return
-        while not _write_frame(self, buf.getbuffer()):
+        _SIZE.pack_into(frame, 0, size)
+        while not _write(self, frame):
             pass  # renewed midway: the whole task again, on the new pipe
+
+    def _send_bytes(self, data: memoryview) -> None:
+        # (Windows, or a task over 2 GiB) Connection's own framing.
+        if not _compat.PIPE_FDS:
+            self._writer.send_bytes(data)
+            return
+        head = memoryview(_SIZE.pack(-1) + _LARGE.pack(len(data)))
+        while not (_write(self, head) and _write(self, data)):
+            pass  # (a restart midway: the whole task again)
 
     def get(self) -> Any:  # a Pool task, or None
         state = status
@@ -151,6 +164,8 @@ class Receiver(object):
         self.queue = queue
         self.recent: collections.deque[Tuple[int, int]] = collections.deque(maxlen=1024)
         self._calls: collections.deque[Callable[[], object]] = collections.deque()
+        self._reader = queue._reader
+        self._buffer = bytearray()  # read off self._reader, not yet returned
 
     def call_soon(self, call: Callable[[], object]) -> None:
         self._calls.append(call)
@@ -160,7 +175,7 @@ class Receiver(object):
         while data is None:
             while self._calls:
                 self._calls.popleft()()
-            data = (_read_frame(self.queue) if _compat.PIPE_FDS
+            data = (self._read_frame() if _compat.PIPE_FDS
                     else self.queue._reader.recv_bytes())
         failures = reduction.tolerate()
         try:
@@ -174,72 +189,69 @@ class Receiver(object):
         return result
 
 
-def _write_frame(queue: TaskQueue, data: memoryview) -> bool:
-    """Write one frame; False if the queue was renewed before it was whole."""
+    def _read_frame(self) -> Optional[bytearray]:
+        """One frame, read in as large pieces as the pipe holds; None if none
+        came within a tick, or the pipe was renewed (what was read of the old
+        one is dropped: it ended torn)."""
+        reader = self.queue._reader
+        if reader is not self._reader:
+            self._reader, self._buffer = reader, bytearray()
+        buf, fd = self._buffer, reader.fileno()
+        while True:
+            need = _SIZE.size - len(buf)
+            if need <= 0:
+                size, = _SIZE.unpack_from(buf)
+                start = _SIZE.size
+                if size == -1:
+                    start += _LARGE.size
+                    size, = _LARGE.unpack_from(buf, _SIZE.size) if len(buf) >= start else (0,)
+                need = start + size - len(buf)
+                if need <= 0 and len(buf) >= start:
+                    frame = buf[start:start + size]
+                    del buf[:start + size]
+                    return frame
+            try:
+                chunk = os.read(fd, max(need, 65536))
+            except BlockingIOError:
+                if not _wait(fd, select.POLLIN) and (
+                        self.queue._reader is not reader or not buf):
+                    return None  # (renewed, or a tick with nothing begun)
+                continue
+            if not chunk:
+                if self.queue._reader is not reader:
+                    return None
+                raise EOFError if not buf else OSError("got end of file during message")
+            buf += chunk
+
+
+def _write(queue: TaskQueue, data: memoryview) -> bool:
+    """Write ``data`` whole; False if the queue was renewed before it was."""
     writer = queue._writer
     fd = writer.fileno()
-    size = len(data)
-    head = _SIZE.pack(size) if size <= 0x7fffffff else _SIZE.pack(-1) + _LARGE.pack(size)
-    for part in ((head, data) if size > 16384 else (head + data,)):
-        view = memoryview(part)
-        while view:
-            try:
-                view = view[os.write(fd, view):]
-            except BlockingIOError:
-                if not _wait(fd, select.POLLOUT) and queue._writer is not writer:
-                    return False
-            except BrokenPipeError:
-                if queue._writer is not writer:
-                    return False
-                raise
-    return True
-
-
-def _read_frame(queue: ResultQueue) -> Optional[bytearray]:
-    """Read one frame; None if none began within a tick, or the queue was
-    renewed before it was whole."""
-    reader = queue._reader
-    head = _read(queue, reader, _SIZE.size, True)
-    if head is None:
-        return None
-    size, = _SIZE.unpack(head)
-    if size == -1:
-        large = _read(queue, reader, _LARGE.size, False)
-        if large is None:
-            return None
-        size, = _LARGE.unpack(large)
-    return _read(queue, reader, size, False)
-
-
-def _read(queue: ResultQueue, reader: Connection, size: int,
-          idle: bool) -> Optional[bytearray]:
-    fd = reader.fileno()
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
+    while data:
         try:
-            n = os.readv(fd, [view[got:]])
+            data = data[os.write(fd, data):]
         except BlockingIOError:
-            if not _wait(fd, select.POLLIN) and (
-                    queue._reader is not reader or (idle and got == 0)):
-                return None
-            continue
-        if n == 0:
-            if queue._reader is not reader:
-                return None
-            if got == 0 and idle:
-                raise EOFError
-            raise OSError("got end of file during message")
-        got += n
-    return buf
+            if not _wait(fd, select.POLLOUT) and queue._writer is not writer:
+                return False
+        except BrokenPipeError:
+            if queue._writer is not writer:
+                return False
+            raise
+    return True
 
 
 def _wait(fd: int, event: int) -> bool:
     """Whether ``fd`` became ready within a tick."""
-    poller = select.poll()
-    poller.register(fd, event)
+    poller = _pollers.get((fd, event))
+    if poller is None:
+        # (Kept by number: a number reused for a new pipe's end is that end.)
+        poller = _pollers[fd, event] = select.poll()
+        poller.register(fd, event)
     return bool(poller.poll(_TICK))
+
+
+_pollers: Dict[Tuple[int, int], Any] = {}  # (fd, event) -> select.poll
 
 
 def _raise(error: BaseException) -> NoReturn:
