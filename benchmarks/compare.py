@@ -891,14 +891,8 @@ def ray_w1(data, method):
         ref = ray.put(data.x1)
         place = now() - t1
         setup = now() - t0
-        y = np.empty_like(data.y1)
-        times = []
-        for _ in range(2):
-            t = now()
-            out = pool.map(_w1_ray, [(ref, a, b) for a, b in data.spans1])
-            np.concatenate(out, out=y)
-            times.append(now() - t)
-            _check_close(y, data.y1)
+        times = _maps(pool, _w1_ray, [(ref, a, b) for a, b in data.spans1], data,
+                      np.empty_like(data.y1), _check_close, _concat_into)
         del ref
     finally:
         pool.terminate()
@@ -958,13 +952,8 @@ def shmpool_ray_w1(data, method):
     try:
         pool.map(_inc, range(2 * data.workers), chunksize=1)  # the actors are up
         setup = now() - t0
-        y = np.empty_like(data.y1)
-        times = []
-        for _ in range(2):
-            t = now()
-            np.concatenate(pool.map(_w1_shmpool_ray, data.spans1), out=y)
-            times.append(now() - t)
-            _check_close(y, data.y1)
+        times = _maps(pool, _w1_shmpool_ray, data.spans1, data, np.empty_like(data.y1),
+                      _check_close, _concat_into)
     finally:
         pool.terminate()
     return {"setup": setup, "place": setup, "map1": times[0], "map2": times[1]}
