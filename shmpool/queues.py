@@ -188,7 +188,6 @@ class Receiver(object):
                 result = (result[0], result[1], (False, failures[0]))
         return result
 
-
     def _read_frame(self) -> Optional[bytearray]:
         """One frame, read in as large pieces as the pipe holds; None if none
         came within a tick, or the pipe was renewed (what was read of the old

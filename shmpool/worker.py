@@ -56,8 +56,6 @@ class ArrayMap(_Mapping):
 #: In a pool's worker, the pool's shared arrays by name; empty elsewhere.
 arrays = ArrayMap()
 
-_registry: Optional[registry.View] = None  # this worker's view of the pool's table of arrays
-
 
 def initialize(registry_block: npt.NDArray[np.uint8], shared: Mapping[str, npt.NDArray[Any]],
                initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
@@ -66,19 +64,18 @@ def initialize(registry_block: npt.NDArray[np.uint8], shared: Mapping[str, npt.N
     them as ``shmpool.arrays``, watch the parent, then run the user's own
     initializer.  (``shared``, the arrays shared when the pool started, has
     arrived already: unpickling it mapped them.)"""
-    global _registry
     if status is not None:
         queues.status = memoryview(status)  # faster to set than the ndarray
-    _registry = registry.View(registry_block, arrays)
-    _registry.refresh()
-    queues.before_task = _registry.refresh
+    table = registry.View(registry_block, arrays)
+    table.refresh()
+    queues.before_task = table.refresh
     # A forked worker inherits the mappings without their page tables: fill
     # them now, at start-up, not by page faults during the first tasks.
     for a in arrays.values():
         where = ndarrays.locate(a)
         if where is not None:
             memory.populate(where[0])
-    _watch_parent(parent, _registry)
+    _watch_parent(parent, table)
     if initializer is not None:
         initializer(*initargs)
 
