@@ -55,28 +55,37 @@ def portable(func: _F, context: Optional[BaseContext] = None) -> _F:
     import it by name, else a stand-in that calls it and pickles as described
     above.  Cheap: it pickles nothing."""
     fork = context is not None and context.get_start_method() == "fork"
-    if type(func) is types.FunctionType and _by_name(func, fork):
+    if type(func) in (types.FunctionType, types.BuiltinFunctionType) and _by_name(func, fork):
         return func
     return cast("_F", _Portable(func, fork))
 
 
 class _Portable(object):
-    """Calls ``func``; pickles to it, sent as above."""
+    """Calls ``func``; pickles to it, sent as above.  A function's payload is
+    made once, unless it holds what multiprocessing's own reducers send (a
+    shared array's reference is acknowledged once, a descriptor is handed over
+    once): any other callable is pickled again for each task, as by Pool."""
 
-    __slots__ = ("func", "fork")
+    __slots__ = ("func", "fork", "payload")
 
     def __init__(self, func: Callable[..., Any], fork: bool) -> None:
         self.func, self.fork = func, fork
+        self.payload: Optional[Tuple[int, bool, bytes]] = None  # protocol, fork, bytes
 
     def __call__(self, *args: Any, **kwds: Any) -> Any:
         return self.func(*args, **kwds)
 
     def __reduce_ex__(self, protocol: SupportsIndex,
                       ) -> Tuple[Callable[[bytes], Any], Tuple[bytes]]:
-        buf = io.BytesIO()
         # (A process being started is never forked: it is pickled for spawn.)
-        _Pickler(buf, operator.index(protocol),
-                 self.fork and get_spawning_popen() is None).dump(self.func)
+        key = operator.index(protocol), self.fork and get_spawning_popen() is None
+        if self.payload is not None and self.payload[:2] == key:
+            return pickle.loads, (self.payload[2],)
+        buf = io.BytesIO()
+        pickler = _Pickler(buf, *key)
+        pickler.dump(self.func)
+        if type(self.func) is types.FunctionType and not pickler.dispatch_table.used:
+            self.payload = key + (buf.getvalue(),)
         return pickle.loads, (buf.getvalue(),)
 
 
@@ -170,14 +179,9 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no
     """``ForkingPickler``, but for the functions and classes a worker could
     not import by name, which go by value."""
 
-    # multiprocessing's reducers (shmpool's for shared arrays among them)
-    # first, then cloudpickle's (code objects, cells ...).  (A class attribute:
-    # the C pickler reads it once, when made.)
-    dispatch_table = collections.ChainMap(
-        ForkingPickler._extra_reducers,  # type: ignore[attr-defined]  # not in typeshed
-        cloudpickle.Pickler.dispatch_table)
-
     def __init__(self, file: io.BytesIO, protocol: int, fork: bool) -> None:
+        # (Set first: the C pickler reads it once, when made.)
+        self.dispatch_table = _Reducers()
         super(_Pickler, self).__init__(file, protocol=protocol)
         self.fork = fork
 
@@ -204,6 +208,25 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no
                     return self._save_reduce_pickle5(  # type: ignore[no-any-return]
                         *_function_reduce(obj), obj=obj)
             return super(_Pickler, self).save(obj, save_persistent_id)  # type: ignore[no-any-return]
+
+
+class _Reducers(collections.ChainMap):  # type: ignore[type-arg]  # (3.7: not subscriptable)
+    """multiprocessing's reducers (shmpool's for shared arrays among them)
+    first, then cloudpickle's (code objects, cells ...); ``used`` tells
+    whether one of multiprocessing's was."""
+
+    def __init__(self) -> None:
+        super(_Reducers, self).__init__(
+            ForkingPickler._extra_reducers,  # type: ignore[attr-defined]  # not in typeshed
+            cloudpickle.Pickler.dispatch_table)
+        self.used = False
+
+    def __getitem__(self, cls: type) -> Callable[[Any], Any]:
+        reduce: Optional[Callable[[Any], Any]] = self.maps[0].get(cls)
+        if reduce is None:
+            return cast("Callable[[Any], Any]", self.maps[1][cls])
+        self.used = True
+        return reduce
 
 
 # -- a function by value, on the worker's live module globals ----------------------------
