@@ -22,8 +22,8 @@ share numpy arrays, as ``SharedArrayPool`` does for ``multiprocessing.Pool``::
 The arrays reach each worker through the executor's worker initializer
 (``shmpool.worker.initialize``, which also ends the worker if the parent dies),
 before the user's own ``initializer`` runs, in replacement workers too.
-Functions given to ``submit`` and ``map`` go through ``shmpool.pickling.portable``,
-so lambdas and closures work.  Shared arrays, and views of them, passed as
+Functions given to ``submit`` and ``map``, and the ``initializer``, go through
+``shmpool.pickling.portable``, so lambdas and closures work.  Shared arrays, and views of them, passed as
 arguments or returned as results travel as small references (multiprocessing's
 pickler sends them so once ``shmpool`` is imported); a reference whose memory can
 no longer be reached becomes that ``BlockUnavailable`` error on its future, and

@@ -1,14 +1,16 @@
-"""Task functions travel as ``Pool`` sends them, unless a worker could not
-import them by name (lambdas, closures, functions defined interactively, and,
-for a worker that did not fork from this process, functions defined under
-``if __name__ == "__main__":``): those go by value.
+"""Task functions and initializers travel as ``Pool`` sends them, unless a
+worker could not import them by name (lambdas, closures, functions defined
+interactively, and, for a worker that did not fork from this process,
+functions defined under ``if __name__ == "__main__":``): those go by value.
 
 Nothing is pickled to find out.  A plain function goes by name if it is
-``module.qualname`` of a module the worker has; any other callable (a partial,
-a bound method, a callable object) is wrapped, and pickled once, where and when
-``Pool`` would pickle it, by a pickler that is ``ForkingPickler`` (shared
-arrays travel as references, acknowledged when received) but for the functions
-and classes a worker could not import: those it sends by value (cloudpickle).
+``module.qualname`` here and, for a worker not forked from this process, not
+defined under the script's main guard (read from the script's source).
+Anything else is wrapped, and pickled when and where ``Pool`` pickles the task
+(once per task, as by Pool; a by-value function once per call, unless it holds
+a shared array or a descriptor), by a pickler that is ``ForkingPickler`` (shared arrays travel as references, held
+and acknowledged as ever) but for the functions and classes a worker could not
+import by name: those it sends by value, with cloudpickle's help.
 
 Globals are the point to get right.  A ``__main__`` function that reads a
 global set by the pool's initializer must find it in the worker, which it would
