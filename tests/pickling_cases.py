@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import inflight
+from shmpool import inflight, ndarrays
 
 from conftest import StartMethodCases, open_fds, run_script, script_env
 
@@ -45,12 +45,15 @@ class WithConnection(object):
         return self.connection.fileno() >= 0
 
 
-def holds_cleared(within=2.0):
-    """Whether every in-flight hold this process took was acknowledged."""
+def holds_cleared(*arrays, within=2.0):
+    """Whether every in-flight hold this process took on the blocks of
+    ``arrays`` was acknowledged."""
+    buffers = [ndarrays.locate(a)[0] for a in arrays]
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         inflight.release()
-        if not inflight._sender.holds:
+        if not any(hold[1] is b for hold in list(inflight._sender.holds.values())
+                   for b in buffers):
             return True
         time.sleep(0.02)
     return False
@@ -97,7 +100,7 @@ class PicklingCases(StartMethodCases):
                 (True, "recarray")] * 4
             assert pool.apply(functools.partial(lambda a, i: (a.__setitem__(i, 7), type(a))[1],
                                                 mem), (2,)) is np.memmap
-            assert holds_cleared()  # references inside the payloads were acknowledged
+            assert holds_cleared(x, rec, mem)  # references in payloads acknowledged
         assert x.tolist() == [1, 2, 3, 4, 5, 6, 7, 8]
         assert rec.b.tolist() == [0.5, 1.5, 2.5, 3.5]
         assert mem.tolist() == [0, 0, 7, 0]
@@ -131,7 +134,7 @@ class PicklingCases(StartMethodCases):
         with self.pool(2) as pool:
             assert pool.map(functools.partial(element, x), range(8)) == [0.0] * 8
             assert pool.apply(functools.partial(element, x, 3)) == 0.0
-            assert holds_cleared()
+            assert holds_cleared(x)
 
     def test_partial_of_shared_array_exits_promptly(self):
         out = run_script("partial_exit.py", self.start_method, timeout=60)
