@@ -22,8 +22,8 @@ share numpy arrays, as ``SharedArrayPool`` does for ``multiprocessing.Pool``::
 The arrays reach each worker through the executor's worker initializer
 (``shmpool.worker.initialize``, which also ends the worker if the parent dies),
 before the user's own ``initializer`` runs, in replacement workers too.
-Functions given to ``submit`` and ``map`` go through ``shmpool.pickling.portable``,
-so lambdas and closures work.  Shared arrays, and views of them, passed as
+Functions given to ``submit`` and ``map``, and the ``initializer``, go through
+``shmpool.pickling.portable``, so lambdas and closures work.  Shared arrays, and views of them, passed as
 arguments or returned as results travel as small references (multiprocessing's
 pickler sends them so once ``shmpool`` is imported); a reference whose memory can
 no longer be reached becomes that ``BlockUnavailable`` error on its future, and
@@ -81,6 +81,8 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
         # Workers get the same initializer arguments as a pool's (see
         # SharedArrayPool.__init__), except a status block (None): a worker's
         # death already breaks a ProcessPoolExecutor, failing its futures.
+        if initializer is not None:  # (pickled, with the rest, for a spawned worker)
+            initializer = pickling.portable(initializer, mp_context)
         super(SharedArrayExecutor, self).__init__(
             max_workers, mp_context, worker.initialize,
             (self._registry.block, shared, initializer, tuple(initargs), os.getpid(),
@@ -99,14 +101,14 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
                                 % max(len(args) - 1, 0))
             self, fn = args[0], args[1]
             if not _is_chunk_of_map(fn):  # map made it portable already
-                fn = pickling.portable(fn)
+                fn = pickling.portable(fn, self._mp_context)
             return super(SharedArrayExecutor, self).submit(fn, *args[2:], **kwargs)
         submit.__doc__ = _process.ProcessPoolExecutor.submit.__doc__
 
     def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
             **kwargs: Any) -> Iterator[_T]:
         return super(SharedArrayExecutor, self).map(
-            pickling.portable(fn), *iterables, **kwargs)
+            pickling.portable(fn, self._mp_context), *iterables, **kwargs)
     map.__doc__ = _process.ProcessPoolExecutor.map.__doc__
 
 

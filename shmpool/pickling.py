@@ -1,11 +1,21 @@
-"""Task functions travel as ``Pool`` sends them, unless the standard pickler
-refuses them (lambdas, closures, functions defined interactively): those go by
-value through cloudpickle.
+"""Task functions and initializers travel as ``Pool`` sends them, unless a
+worker could not import them by name (lambdas, closures, functions defined
+interactively, and, for a worker that did not fork from this process,
+functions defined under ``if __name__ == "__main__":``): those go by value.
+
+Nothing is pickled to find out.  A plain function goes by name if it is
+``module.qualname`` here and, for a worker not forked from this process, not
+defined under the script's main guard (read from the script's source).
+Anything else is wrapped, and pickled when and where ``Pool`` pickles the task
+(once per task, as by Pool; a by-value function once per call, unless it holds
+a shared array or a descriptor), by a pickler that is ``ForkingPickler`` (shared arrays travel as references, held
+and acknowledged as ever) but for the functions and classes a worker could not
+import by name: those it sends by value, with cloudpickle's help.
 
 Globals are the point to get right.  A ``__main__`` function that reads a
 global set by the pool's initializer must find it in the worker, which it would
 not if cloudpickle had copied the function with a snapshot of its globals.  So
-a function pickles by name when it can; and a lambda or closure of a module the
+a function pickles by name when it can; and any other function of a module the
 worker has (a script's ``__main__`` included) is rebuilt there from its code
 and closure on that module's live globals, as if it had been defined there.
 Only a function of an interactive session carries cloudpickle's snapshot.
@@ -13,105 +23,265 @@ Only a function of an interactive session carries cloudpickle's snapshot.
 
 from __future__ import annotations
 
+import ast
+import collections
+import functools
 import importlib
+import io
+import operator
+import os
 import pickle
 import sys
+import tokenize
 import types
 import weakref
+from multiprocessing.context import get_spawning_popen
 from multiprocessing.reduction import ForkingPickler
-from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, cast
 
 import cloudpickle
 
 if TYPE_CHECKING:
-    from typing import TypeVar
+    from multiprocessing.context import BaseContext
+    from typing import SupportsIndex, TypeVar
 
     _F = TypeVar("_F", bound=Callable[..., Any])
 
-# plain functions known to pickle by name
-_by_reference: weakref.WeakKeyDictionary[Callable[..., Any], bool] = (
+# function or class -> (importable by name here, defined under a main guard)
+_verdicts: weakref.WeakKeyDictionary[object, Tuple[bool, bool]] = (
     weakref.WeakKeyDictionary())
 
 
-def portable(func: _F) -> _F:
-    """``func`` itself if ``Pool`` can send it, else a stand-in that unpickles,
-    in the worker, to a cloudpickled copy of it.  (Typed as ``func``: the
-    stand-in is only ever sent, never called.)"""
-    plain = type(func) is types.FunctionType
-    if plain and func in _by_reference:
+def portable(func: _F, context: Optional[BaseContext] = None) -> _F:
+    """``func`` itself if a worker of ``context`` (or any worker, if None) can
+    import it by name, else a stand-in that calls it and pickles as described
+    above.  Cheap: it pickles nothing."""
+    fork = context is not None and context.get_start_method() == "fork"
+    if type(func) in (types.FunctionType, types.BuiltinFunctionType) and _by_name(func, fork):
         return func
-    if _interactive(func):
-        return _by_value(func)
+    return cast("_F", _Portable(func, fork))
+
+
+class _Portable(object):
+    """Calls ``func``; pickles to it, sent as above.  A function's payload is
+    made once, unless it holds what multiprocessing's own reducers send (a
+    shared array's reference is acknowledged once, a descriptor is handed over
+    once): any other callable is pickled again for each task, as by Pool."""
+
+    __slots__ = ("func", "fork", "payload")
+
+    def __init__(self, func: Callable[..., Any], fork: bool) -> None:
+        self.func, self.fork = func, fork
+        self.payload: Optional[Tuple[int, bool, bytes]] = None  # protocol, fork, bytes
+
+    def __call__(self, *args: Any, **kwds: Any) -> Any:
+        return self.func(*args, **kwds)
+
+    def __reduce_ex__(self, protocol: SupportsIndex,
+                      ) -> Tuple[Callable[[bytes], Any], Tuple[bytes]]:
+        # (A process being started is never forked: it is pickled for spawn.)
+        key = operator.index(protocol), self.fork and get_spawning_popen() is None
+        if self.payload is not None and self.payload[:2] == key:
+            return pickle.loads, (self.payload[2],)
+        buf = io.BytesIO()
+        pickler = _Pickler(buf, *key)
+        pickler.dump(self.func)
+        if type(self.func) is types.FunctionType and not pickler.dispatch_table.used:
+            self.payload = key + (buf.getvalue(),)
+        return pickle.loads, (buf.getvalue(),)
+
+
+# -- what a worker can import by name ---------------------------------------------------
+
+
+def _by_name(obj: Any, fork: bool) -> bool:
+    """Whether a worker (forked from this process, with ``fork``) can import
+    ``obj``, a function or class, by name, as pickle would send it."""
+    verdict = _verdicts.get(obj)
+    if verdict is None:
+        verdict = (_importable(obj) and not _interactive(obj), _guarded(obj))
+        try:
+            _verdicts[obj] = verdict
+        except TypeError:  # (not weakly referable)
+            pass
+    return verdict[0] and (fork or not verdict[1])
+
+
+def _importable(obj: Any) -> bool:
+    """Whether ``obj`` is ``module.qualname`` here, as pickle checks it."""
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(module_name, str) or not isinstance(qualname, str):
+        return False
+    target = sys.modules.get(module_name)
+    if target is None:
+        try:
+            target = importlib.import_module(module_name)
+        except Exception:
+            return False
     try:
-        ForkingPickler.dumps(func)
-    except Exception:
-        return _by_value(func)
-    if plain:
-        _by_reference[func] = True
-    return func
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except AttributeError:  # (a "<locals>" part among them)
+        return False
+    return target is obj
 
 
-def _interactive(func: object) -> bool:
+def _interactive(obj: object) -> bool:
     """Defined at an interactive prompt or in a notebook: ``__main__`` has no file,
     so a worker that did not fork after the definition cannot find it by name."""
-    if getattr(func, "__module__", None) != "__main__":
+    if getattr(obj, "__module__", None) != "__main__":
         return False
     main = sys.modules.get("__main__")
     return main is not None and not getattr(main, "__file__", None)
 
 
-def _by_value(func: _F) -> _F:
+def _guarded(obj: object) -> bool:
+    """A function of the main script defined under ``if __name__ ==
+    "__main__":``, which a spawned worker's ``__mp_main__`` does not run."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    code = getattr(obj, "__code__", None)
+    if (type(obj) is not types.FunctionType or getattr(obj, "__module__", None) != "__main__"
+            or not isinstance(path, str) or code is None):
+        return False
+    if code.co_filename != path and os.path.abspath(code.co_filename) != os.path.abspath(path):
+        return False
+    return any(first <= code.co_firstlineno <= last for first, last in _main_guards(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _main_guards(path: str) -> Tuple[Tuple[int, int], ...]:
+    """The lines of the script's top-level ``if __name__ == "__main__":`` bodies."""
     try:
-        if type(func) is types.FunctionType and not _interactive(func):
-            return cast("_F", _ByValue(cloudpickle.dumps(_parts(func)), _rebuild_function))
-        return cast("_F", _ByValue(cloudpickle.dumps(func), pickle.loads))
-    except Exception:
-        return func  # let Pool report the standard pickler's error, as it would
+        with tokenize.open(path) as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return ()
+    return tuple((node.lineno, max(getattr(n, "lineno", 0)
+                                   for stmt in node.body for n in ast.walk(stmt)))
+                 for node in tree.body if isinstance(node, ast.If) and _is_main_test(node.test))
 
 
-def _parts(func: Callable[..., Any]) -> Tuple[Any, ...]:  # a types.FunctionType
-    cells = tuple(c.cell_contents for c in func.__closure__ or ())
-    return (func.__code__, func.__module__, _anchor(func), func.__name__,
-            func.__qualname__, func.__defaults__, func.__kwdefaults__, cells,
-            func.__dict__)
+def _is_main_test(test: ast.expr) -> bool:
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    strings = [getattr(s, "value", getattr(s, "s", None)) for s in sides
+               if not isinstance(s, ast.Name)]
+    return names == ["__name__"] and strings == ["__main__"]
 
 
-def _anchor(func: Callable[..., Any]) -> Optional[str]:
-    """A module-level function that shares ``func``'s globals, by name."""
+# -- the pickler --------------------------------------------------------------------------
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no hints
+    """``ForkingPickler``, but for the functions and classes a worker could
+    not import by name, which go by value."""
+
+    def __init__(self, file: io.BytesIO, protocol: int, fork: bool) -> None:
+        # (Set first: the C pickler reads it once, when made.)
+        self.dispatch_table = _Reducers()
+        super(_Pickler, self).__init__(file, protocol=protocol)
+        self.fork = fork
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.FunctionType:
+            if _by_name(obj, self.fork):
+                return NotImplemented  # pickle's own, by name
+            if not _interactive(obj):
+                return _function_reduce(obj)
+        elif not isinstance(obj, type) or _by_name(obj, True):
+            return NotImplemented
+        return super(_Pickler, self).reducer_override(obj)  # cloudpickle's, by value
+
+    if sys.version_info < (3, 8) and not hasattr(cloudpickle.Pickler, "reducer_override"):
+        # (3.7 without pickle5: cloudpickle's pickler is pickle's pure-Python
+        # one, which has no reducer_override yet, but calls save throughout.)
+        def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+            if id(obj) not in self.memo:
+                if type(obj) is types.FunctionType and _by_name(obj, self.fork):
+                    return pickle._Pickler.save_global(self, obj)  # type: ignore[attr-defined, no-any-return]
+                if isinstance(obj, type) and _by_name(obj, True):
+                    return pickle._Pickler.save_global(self, obj)  # type: ignore[attr-defined, no-any-return]
+                if type(obj) is types.FunctionType and not _interactive(obj):
+                    return self._save_reduce_pickle5(  # type: ignore[no-any-return]
+                        *_function_reduce(obj), obj=obj)
+            return super(_Pickler, self).save(obj, save_persistent_id)  # type: ignore[no-any-return]
+
+
+class _Reducers(collections.ChainMap):  # type: ignore[type-arg]  # (3.7: not subscriptable)
+    """multiprocessing's reducers (shmpool's for shared arrays among them)
+    first, then cloudpickle's (code objects, cells ...); ``used`` tells
+    whether one of multiprocessing's was."""
+
+    def __init__(self) -> None:
+        super(_Reducers, self).__init__(
+            ForkingPickler._extra_reducers,  # type: ignore[attr-defined]  # not in typeshed
+            cloudpickle.Pickler.dispatch_table)
+        self.used = False
+
+    def __getitem__(self, cls: type) -> Callable[[Any], Any]:
+        reduce: Optional[Callable[[Any], Any]] = self.maps[0].get(cls)
+        if reduce is None:
+            return cast("Callable[[Any], Any]", self.maps[1][cls])
+        self.used = True
+        return reduce
+
+
+# -- a function by value, on the worker's live module globals ----------------------------
+
+
+def _function_reduce(func: types.FunctionType) -> Tuple[Any, ...]:
+    """As ``__reduce__``, with a state set once the function exists: its
+    closure may hold the function itself."""
+    cells = func.__closure__ or ()
+    contents = {}
+    for i, cell in enumerate(cells):
+        try:
+            contents[i] = cell.cell_contents
+        except ValueError:  # an empty cell
+            pass
+    state = (func.__defaults__, func.__kwdefaults__, func.__qualname__, func.__dict__,
+             contents)
+    return (_make_function, (func.__code__, func.__module__, _anchor(func), func.__name__,
+                             len(cells)),
+            state, None, None, _set_function_state)
+
+
+def _anchor(func: types.FunctionType) -> Optional[str]:
+    """A function that shares ``func``'s globals, by a name every worker has."""
     for name, value in list(func.__globals__.items()):
-        if type(value) is types.FunctionType and value.__globals__ is func.__globals__:
+        if (type(value) is types.FunctionType and value.__globals__ is func.__globals__
+                and not _guarded(value)):
             return name
     return None
 
 
-def _rebuild_function(payload: bytes) -> types.FunctionType:
-    (code, module, anchor, name, qualname, defaults, kwdefaults, cells,
-     attrs) = pickle.loads(payload)
+def _make_function(code: types.CodeType, module: str, anchor: Optional[str], name: str,
+                   cells: int) -> types.FunctionType:
     namespace = sys.modules.get(module) or importlib.import_module(module)
     # Under spawn the main script runs through runpy, whose functions keep the
     # namespace it ran them in, not the module's copy of it: follow a neighbour.
     neighbour = getattr(namespace, anchor, None) if anchor else None
     globals_ = getattr(neighbour, "__globals__", None) or namespace.__dict__
-    closure = tuple(_cell(v) for v in cells) or None
-    func = types.FunctionType(code, globals_, name, defaults, closure)
-    func.__qualname__ = qualname
-    func.__kwdefaults__ = kwdefaults
+    closure = tuple(_empty_cell() for _ in range(cells)) or None
+    return types.FunctionType(code, globals_, name, None, closure)
+
+
+def _set_function_state(func: types.FunctionType,
+                        state: Tuple[Any, Any, str, Dict[str, Any], Dict[int, Any]],
+                        ) -> types.FunctionType:
+    func.__defaults__, func.__kwdefaults__, func.__qualname__, attrs, contents = state
     func.__dict__.update(attrs)
+    for i, value in contents.items():
+        cast("Tuple[types.CellType, ...]", func.__closure__)[i].cell_contents = value
     return func
 
 
-def _cell(value: object) -> types.CellType:
-    return cast("Tuple[types.CellType]", (lambda: value).__closure__)[0]
-
-
-class _ByValue(object):
-    """Unpickles, in the worker, to the function itself."""
-
-    __slots__ = ("payload", "load")
-
-    def __init__(self, payload: bytes, load: Callable[[bytes], Any]) -> None:
-        self.payload = payload
-        self.load = load
-
-    def __reduce__(self) -> Tuple[Callable[[bytes], Any], Tuple[bytes]]:
-        return self.load, (self.payload,)
+def _empty_cell() -> types.CellType:
+    if False:  # (a free variable never bound: its cell is empty)
+        cell: object = None
+    return cast("Tuple[types.CellType]", (lambda: cell).__closure__)[0]

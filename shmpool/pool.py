@@ -102,6 +102,8 @@ class SharedArrayPool(_Pool):
         self._supervisor = supervisor.Supervisor(ctx)
         # The last initarg is the supervisor, which Process below replaces with
         # the worker's own status block.
+        if initializer is not None:  # (pickled, with the rest, for a spawned worker)
+            initializer = pickling.portable(initializer, ctx)
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
             (self._registry.block, shared, initializer, initargs, os.getpid(),
@@ -200,7 +202,7 @@ class SharedArrayPool(_Pool):
                     error_callback: Optional[Callable[[BaseException], object]] = None,
                     ) -> ApplyResult[_T]:
         return super(SharedArrayPool, self).apply_async(
-            pickling.portable(func), args, kwds, callback, error_callback)
+            pickling.portable(func, self._ctx), args, kwds, callback, error_callback)
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
                    mapper: Callable[..., Any], chunksize: Optional[int] = None,
@@ -216,7 +218,7 @@ class SharedArrayPool(_Pool):
             chunksize, extra = divmod(len(cast("Sized", iterable)), self._processes * 4)
             chunksize += bool(extra)
         return super(SharedArrayPool, self)._map_async(
-            pickling.portable(func), iterable, mapper, chunksize, callback,
+            pickling.portable(func, self._ctx), iterable, mapper, chunksize, callback,
             error_callback)
 
     def map(self, func: Callable[[_S], _T], iterable: Iterable[_S],
@@ -245,8 +247,9 @@ class SharedArrayPool(_Pool):
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
              chunksize: Optional[int] = 1, *, progress: ProgressSpec = None) -> Iterator[_T]:
         """As ``Pool.imap``, with ``progress`` as for ``map``."""
-        return self._iterated(super(SharedArrayPool, self).imap, func, iterable,
-                              chunksize, progress, "imap")
+        return self._iterated(super(SharedArrayPool, self).imap,
+                              pickling.portable(func, self._ctx), iterable, chunksize,
+                              progress, "imap")
 
     @overload
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
@@ -260,8 +263,9 @@ class SharedArrayPool(_Pool):
                        chunksize: Optional[int] = 1, *,
                        progress: ProgressSpec = None) -> Iterator[_T]:
         """As ``Pool.imap_unordered``, with ``progress`` as for ``map``."""
-        return self._iterated(super(SharedArrayPool, self).imap_unordered, func,
-                              iterable, chunksize, progress, "imap_unordered")
+        return self._iterated(super(SharedArrayPool, self).imap_unordered,
+                              pickling.portable(func, self._ctx), iterable, chunksize,
+                              progress, "imap_unordered")
 
     def _mapped(self, func: Callable[..., _T], iterable: Iterable[Any],
                 mapper: Callable[..., Any], chunksize: Optional[int],
@@ -277,7 +281,7 @@ class SharedArrayPool(_Pool):
     def _iterated(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
                   iterable: Iterable[Any], chunksize: Optional[int],
                   progress_spec: ProgressSpec, desc: str) -> Iterator[_T]:
-        results = imap(pickling.portable(func), iterable, chunksize)
+        results = imap(func, iterable, chunksize)
         if not progress_spec:
             return results
         total = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None

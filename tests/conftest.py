@@ -107,6 +107,15 @@ def process_alive(pid):
         return False
 
 
+def script_env():
+    """The environment for a script run as a subprocess: it imports this
+    checkout's shmpool, wherever the tests were launched from."""
+    env = dict(os.environ)
+    root = os.path.dirname(HERE)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
 def run_script(name, *args, timeout=120):
     """Run tests/scripts/NAME as __main__ in a fresh interpreter; return stdout."""
     import subprocess
@@ -114,6 +123,6 @@ def run_script(name, *args, timeout=120):
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "scripts", name)] + list(args),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-        universal_newlines=True)
+        universal_newlines=True, env=script_env())
     assert proc.returncode == 0, proc.stderr
     return proc.stdout

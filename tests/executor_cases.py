@@ -25,6 +25,7 @@ from reference_cases import (child_sends_own_block, first_row_view, give_back, m
                              mark, unpickle, views_of)
 from reference_cases import Pickled
 from reference_cases import pickled as wrap
+from pickling_cases import Counted
 from pool_cases import (array_bytes, double, parent_view, pid_and_sum,
                         reverse_in_place, shares_memory_with_x, worker_view)
 from test_memory import DTYPES, sample, same
@@ -235,6 +236,23 @@ class ExecutorCases(object):
             assert ex.submit(functools.partial(lambda a, b: a + b, k), 1).result(60) == 4
             # a lambda of this module sees the global the initializer set here
             assert ex.submit(lambda: _seen_by_initializer).result(60) == 1.0
+
+    def test_captured_shared_array_and_lambda_initializer(self):
+        """(issues 13.1, 13.3, 14.3) A closure's shared array is written in
+        place; a lambda initializer works under every start method; a callable
+        is pickled once per call."""
+        x = shmpool.zeros(4)
+
+        def nested(i):
+            x[i] = i + 1
+            return shmpool.is_shared(x)
+
+        with self.executor(2, initializer=lambda: None) as ex:
+            assert list(ex.map(nested, range(4))) == [True] * 4
+            Counted.pickled = 0
+            assert ex.submit(Counted(), 5).result(60) == 5
+            assert Counted.pickled == 1
+        assert x.tolist() == [1, 2, 3, 4]
 
     def test_submit_passes_any_keyword(self):
         with self.executor(1) as ex:

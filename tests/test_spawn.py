@@ -1,11 +1,12 @@
 """Every behaviour in pool_cases, reference_cases, reliability_cases,
-feature_cases and property_cases, under the 'spawn' start method."""
+feature_cases, property_cases and pickling_cases, under the 'spawn' start method."""
 
 import multiprocessing
 
 import pytest
 
 import feature_cases
+import pickling_cases
 import pool_cases
 import property_cases
 import reference_cases
@@ -33,4 +34,8 @@ class TestFeaturesSpawn(feature_cases.FeatureCases):
 
 
 class TestPropertiesSpawn(property_cases.PropertyCases):
+    start_method = "spawn"
+
+
+class TestPicklingSpawn(pickling_cases.PicklingCases):
     start_method = "spawn"
