@@ -160,22 +160,20 @@ class SharedArrayPool(_Pool):
         self._quick_get = queues.Receiver(self._outqueue)
 
     def _get_sentinels(self) -> List[Any]:
-        # (3.8+) What Pool's worker thread waits on besides the workers; kept,
-        # for its result pipe is renewed in place.
-        sentinels: List[Any] = super(SharedArrayPool, self)._get_sentinels()  # type: ignore[misc]  # not in typeshed
-        self._sentinels = sentinels
-        return sentinels
+        # (3.8+) What Pool's worker thread waits on besides its workers' own
+        # sentinels: only the change notifier.  Pool also waits on the result
+        # pipe, which wakes that thread once per result, and again and again
+        # until the result thread has read it (thousands of wake-ups a map);
+        # nothing it does depends on results: worker exits wake it through
+        # their sentinels, close/terminate and an emptied cache through the
+        # notifier.
+        return [self._change_notifier._reader]
 
     def _renew_queues(self) -> None:
         """Fresh pipes for both queues, once a dead worker tore one (see
         supervisor)."""
-        reader = self._outqueue._reader
         self._inqueue.renew()
         self._outqueue.renew()
-        sentinels = getattr(self, "_sentinels", [])
-        for i, s in enumerate(sentinels):
-            if s is reader:  # (else Pool's worker thread would wake without end)
-                sentinels[i] = self._outqueue._reader
 
     @staticmethod
     def _help_stuff_finish(inqueue: queues.TaskQueue, task_handler: threading.Thread,
