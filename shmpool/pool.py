@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         _processes: int
         _ctx: Any
         _cache: Dict[int, supervisor.Pending]
+        _change_notifier: Any  # a SimpleQueue
 
         def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
                        mapper: Callable[..., Any], chunksize: Optional[int] = None,
@@ -93,19 +94,20 @@ class SharedArrayPool(_Pool):
         self._pool, self._state = [], getattr(_mp_pool, "INIT", "INIT")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        shared = ndarrays.shared_mapping(arrays)
-        self.arrays = worker.ArrayMap(shared)
+        self.arrays = worker.ArrayMap(ndarrays.shared_mapping(arrays))
         self._registry = registry.Registry()
-        self._registry.publish(shared)
+        self._registry.publish(self.arrays)
         self._sharing = threading.Lock()
         ctx = context if context is not None else multiprocessing.get_context()
-        self._supervisor = supervisor.Supervisor(ctx)
-        # The last initarg is the supervisor, which Process below replaces with
-        # the worker's own status block.
+        self._supervisor = supervisor.Supervisor(ctx, self.arrays)
+        # The arrays reach workers through the registry alone (so an unshared
+        # one is let go of everywhere), but on the portable path.  The last
+        # initarg is the supervisor, which Process below replaces with the
+        # worker's own status block and whether it pre-faults the arrays.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            (self._registry.block, shared, initializer, initargs, os.getpid(),
-             self._supervisor),
+            (self._registry.block, registry.carried(self.arrays), initializer, initargs,
+             os.getpid(), self._supervisor),
             maxtasksperchild, context)
         self._supervisor.start(self)
 
