@@ -85,8 +85,8 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
             initializer = pickling.portable(initializer, mp_context)
         super(SharedArrayExecutor, self).__init__(
             max_workers, mp_context, worker.initialize,
-            (self._registry.block, shared, initializer, tuple(initargs), os.getpid(),
-             None),
+            (self._registry.block, registry.carried(shared), initializer,
+             tuple(initargs), os.getpid(), None),
             **kwargs)
         _tolerate_unreachable_blocks(self)
 

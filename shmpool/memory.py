@@ -192,13 +192,14 @@ def map_file(fd: int, offset: int, size: int, owns_fd: bool = False,
     process can hold thousands of blocks.  The mapping is undone, and with
     ``owns_fd`` the descriptor closed, when the array is collected.
 
-    With ``populate`` (by default: when the file is in /dev/shm) the page
+    With ``populate`` (by default: when the file is in /dev/shm, unless
+    ``populate_mappings(False)`` was called) the page
     tables are filled now (``MAP_POPULATE``), at a few hundredths of a second
     per GiB, instead of by page faults at first touch."""
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     length = max(offset - start + size, 1)
     if populate is None:
-        populate = _in_memory(fd)
+        populate = _populate_mapped[0] and _in_memory(fd)
     flags = mmap.MAP_SHARED | (_compat.MAP_POPULATE if populate else 0)
     address = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, start)
     if address in (None, _MAP_FAILED):
@@ -226,6 +227,14 @@ _PARALLEL_MIN = 64 << 20  # bytes per populating thread, at least
 _MAX_THREADS = 4
 _shm_device: List[Optional[int]] = []  # st_dev of /dev/shm, once known
 _populate_write = [True]  # MADV_POPULATE_WRITE works on this kernel, until it doesn't
+_populate_mapped = [True]  # map_file pre-faults /dev/shm spans (see populate_mappings)
+
+
+def populate_mappings(enabled: bool) -> None:
+    """Whether this process pre-faults the /dev/shm spans it maps from now on
+    (by default it does).  A process that will touch little of what it maps
+    (a pool worker that runs one task and exits) is faster without."""
+    _populate_mapped[0] = bool(enabled)
 
 
 def populate(buffer: Buffer) -> bool:

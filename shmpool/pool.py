@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         _processes: int
         _ctx: Any
         _cache: Dict[int, supervisor.Pending]
+        _change_notifier: Any  # a SimpleQueue
 
         def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
                        mapper: Callable[..., Any], chunksize: Optional[int] = None,
@@ -93,21 +94,22 @@ class SharedArrayPool(_Pool):
         self._pool, self._state = [], getattr(_mp_pool, "INIT", "INIT")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        shared = ndarrays.shared_mapping(arrays)
-        self.arrays = worker.ArrayMap(shared)
+        self.arrays = worker.ArrayMap(ndarrays.shared_mapping(arrays))
         self._registry = registry.Registry()
-        self._registry.publish(shared)
+        self._registry.publish(self.arrays)
         self._sharing = threading.Lock()
         ctx = context if context is not None else multiprocessing.get_context()
-        self._supervisor = supervisor.Supervisor(ctx)
-        # The last initarg is the supervisor, which Process below replaces with
-        # the worker's own status block.
+        self._supervisor = supervisor.Supervisor(ctx, self.arrays)
         if initializer is not None:  # (pickled, with the rest, for a spawned worker)
             initializer = pickling.portable(initializer, ctx)
+        # The arrays reach workers through the registry alone (so an unshared
+        # one is let go of everywhere), but on the portable path.  The last
+        # initarg is the supervisor, which Process below replaces with the
+        # worker's own status block and whether it pre-faults the arrays.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            (self._registry.block, shared, initializer, initargs, os.getpid(),
-             self._supervisor),
+            (self._registry.block, registry.carried(self.arrays), initializer, initargs,
+             os.getpid(), self._supervisor),
             maxtasksperchild, context)
         self._supervisor.start(self)
 
@@ -162,22 +164,20 @@ class SharedArrayPool(_Pool):
         self._quick_get = queues.Receiver(self._outqueue)
 
     def _get_sentinels(self) -> List[Any]:
-        # (3.8+) What Pool's worker thread waits on besides the workers; kept,
-        # for its result pipe is renewed in place.
-        sentinels: List[Any] = super(SharedArrayPool, self)._get_sentinels()  # type: ignore[misc]  # not in typeshed
-        self._sentinels = sentinels
-        return sentinels
+        # (3.8+) What Pool's worker thread waits on besides its workers' own
+        # sentinels: only the change notifier.  Pool also waits on the result
+        # pipe, which wakes that thread once per result, and again and again
+        # until the result thread has read it (thousands of wake-ups a map);
+        # nothing it does depends on results: worker exits wake it through
+        # their sentinels, close/terminate and an emptied cache through the
+        # notifier.
+        return [self._change_notifier._reader]
 
     def _renew_queues(self) -> None:
         """Fresh pipes for both queues, once a dead worker tore one (see
         supervisor)."""
-        reader = self._outqueue._reader
         self._inqueue.renew()
         self._outqueue.renew()
-        sentinels = getattr(self, "_sentinels", [])
-        for i, s in enumerate(sentinels):
-            if s is reader:  # (else Pool's worker thread would wake without end)
-                sentinels[i] = self._outqueue._reader
 
     @staticmethod
     def _help_stuff_finish(inqueue: queues.TaskQueue, task_handler: threading.Thread,

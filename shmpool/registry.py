@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, cast
 
 import numpy as np
 
-from . import ndarrays, reduction
+from . import _compat, ndarrays, reduction
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -47,6 +47,13 @@ class Registry(object):
         self.version[1] = len(payload)
         self.version[0] = v + 2
 
+
+
+def carried(arrays: Mapping[str, npt.NDArray[Any]]) -> Dict[str, npt.NDArray[Any]]:
+    """What of ``arrays`` must travel with a new worker, as RawArray's do:
+    nothing where a process reaches another's blocks by its table (Linux),
+    all of them on the portable path, where it cannot."""
+    return {} if _compat.LINUX else dict(arrays)
 
 
 class View(object):

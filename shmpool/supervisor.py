@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from .pool import SharedArrayPool
+    from .worker import ArrayMap
 
     # The private attributes of multiprocessing's classes that are used here,
     # which typeshed leaves out.
@@ -101,12 +102,16 @@ def new_status() -> npt.NDArray[np.int64]:
 class Supervisor(object):
     """Tracks one pool's workers and answers for the ones that die."""
 
-    def __init__(self, ctx: Any) -> None:  # a multiprocessing context
+    def __init__(self, ctx: Any,  # a multiprocessing context
+                 inherited: Optional[ArrayMap] = None) -> None:
         self.ctx = ctx
         self.workers: Dict[Worker, npt.NDArray[np.int64]] = {}  # Process -> status
         self.changed = threading.Condition()  # guards workers and restarting
         self.restarting = False
         self.pool: Optional[weakref.ref[SharedArrayPool]] = None
+        # The pool's arrays, which a forked worker inherits (weakly: a worker's
+        # Process object may outlive the pool).
+        self.inherited = weakref.ref(inherited) if inherited is not None else None
 
     def process(self, ctx: Any, kwds: Dict[str, Any]) -> Worker:
         """Make a worker process as Pool does, with a status block of its own
@@ -115,12 +120,16 @@ class Supervisor(object):
         args = list(kwds["args"])
         initargs = args[3]
         status = new_status()
-        args[3] = tuple(initargs[:-1]) + (status,)
+        # Workers made while the pool starts pre-fault the shared arrays.
+        args[3] = tuple(initargs[:-1]) + (status, self.pool is None)
         kwds = dict(kwds, args=tuple(args))
         with self.changed:
             while self.restarting:
                 self.changed.wait()
             p: Worker = (ctx or self.ctx).Process(**kwds)
+            if self.inherited is not None and (ctx or self.ctx).get_start_method() == "fork":
+                # A forked worker lets go of its copy (worker.initialize).
+                p.shmpool_inherited = self.inherited  # type: ignore[attr-defined]
             self.workers[p] = status
         return p
 

@@ -11,8 +11,8 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Tuple,
-                    Union)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional,
+                    Tuple, Union)
 
 from . import _compat, memory, ndarrays, queues, registry
 
@@ -28,28 +28,39 @@ else:
 class ArrayMap(_Mapping):
     """A read-only mapping from name to shared ndarray."""
 
-    __slots__ = ("_arrays",)
+    __slots__ = ("_arrays", "_source", "__weakref__")
 
     def __init__(self, arrays: Union[Mapping[str, npt.NDArray[Any]],
                                      Iterable[Tuple[str, npt.NDArray[Any]]]] = ()) -> None:
         self._arrays = dict(arrays)
+        self._source: Optional[ArrayMap] = None
+
+    def follow(self, source: ArrayMap) -> None:
+        """Show what ``source`` shows from now on, holding nothing itself: in a
+        forked worker, the inherited copy of its pool's ``arrays`` follows the
+        worker's own, so it keeps no unshared array alive there."""
+        self._arrays, self._source = {}, source
+
+    def _live(self) -> Dict[str, npt.NDArray[Any]]:
+        return self._arrays if self._source is None else self._source._arrays
 
     def __getitem__(self, name: str) -> npt.NDArray[Any]:
+        arrays = self._live()
         try:
-            return self._arrays[name]
+            return arrays[name]
         except KeyError:
             raise KeyError("shmpool: no shared array named %r (these are: %s)"
-                           % (name, ", ".join(map(repr, self._arrays)) or "none"))
+                           % (name, ", ".join(map(repr, arrays)) or "none"))
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._arrays)
+        return iter(self._live())
 
     def __len__(self) -> int:
-        return len(self._arrays)
+        return len(self._live())
 
     def __repr__(self) -> str:
         return "<shared arrays: %s>" % (
-            ", ".join("%s %s%s" % (k, a.dtype, list(a.shape)) for k, a in self._arrays.items())
+            ", ".join("%s %s%s" % (k, a.dtype, list(a.shape)) for k, a in self._live().items())
             or "none")
 
 
@@ -57,24 +68,35 @@ class ArrayMap(_Mapping):
 arrays = ArrayMap()
 
 
-def initialize(registry_block: npt.NDArray[np.uint8], shared: Mapping[str, npt.NDArray[Any]],
+def initialize(registry_block: npt.NDArray[np.uint8],
+               carried: Mapping[str, npt.NDArray[Any]],
                initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
-               parent: int, status: Optional[npt.NDArray[np.int64]]) -> None:
-    """The pool's worker initializer: map the pool's shared arrays and publish
-    them as ``shmpool.arrays``, watch the parent, then run the user's own
-    initializer.  (``shared``, the arrays shared when the pool started, has
-    arrived already: unpickling it mapped them.)"""
+               parent: int, status: Optional[npt.NDArray[np.int64]],
+               prefault: bool = True) -> None:
+    """The pool's worker initializer: map the pool's shared arrays (from its
+    table, ``registry_block``) and publish them as ``shmpool.arrays``, watch
+    the parent, then run the user's own initializer.
+
+    ``carried`` is empty but where a process cannot reach another's memory
+    (the portable path): there the arrays travel with the worker, as
+    RawArray's do.  With ``prefault`` (workers that start with the pool) the
+    arrays' page tables are filled now, for a fast first map; a replacement
+    worker maps them as it touches them, as a plain Pool's worker would."""
     if status is not None:
         queues.status = memoryview(status)  # faster to set than the ndarray
+    memory.populate_mappings(prefault)
+    inherited = getattr(multiprocessing.current_process(), "shmpool_inherited", lambda: None)()
+    if inherited is not None:
+        inherited.follow(arrays)
     table = registry.View(registry_block, arrays)
     table.refresh()
     queues.before_task = table.refresh
-    # A forked worker inherits the mappings without their page tables: fill
-    # them now, at start-up, not by page faults during the first tasks.
-    for a in arrays.values():
-        where = ndarrays.locate(a)
-        if where is not None:
-            memory.populate(where[0])
+    if prefault:
+        # A forked worker inherits the mappings without their page tables.
+        for a in arrays.values():
+            where = ndarrays.locate(a)
+            if where is not None:
+                memory.populate(where[0])
     _watch_parent(parent, table)
     if initializer is not None:
         initializer(*initargs)

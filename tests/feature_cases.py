@@ -28,6 +28,32 @@ def square(i):
     return i * i
 
 
+_INHERITED = []  # under fork, what a worker inherits of the test's pool
+
+
+def inherited_names(_=None):
+    return sorted(_INHERITED[0].arrays) if _INHERITED else None
+
+
+def resident_shared(name):
+    """(pid, KiB of the shared array ``name`` resident in this worker's page
+    tables): what pre-faulting filled in."""
+    import os
+    a = shmpool.arrays[name]
+    start = a.__array_interface__["data"][0]
+    kib = 0
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5:
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                inside = lo <= start < hi
+            elif inside and head[0] == "Rss:":
+                kib += int(head[1])
+    return os.getpid(), kib
+
+
 def times(a, b):
     return a * b
 
@@ -80,6 +106,47 @@ class FeatureCases(StartMethodCases):
                 time.sleep(0.05)
             assert not file_in_use(block)
             assert "big" not in pool.arrays
+
+    def test_unshare_releases_arrays_given_at_start(self):
+        with self.pool(2, arrays={"big": np.ones(32 << 20, np.uint8)}) as pool:
+            assert pool.map(total, ["big"] * 4) == [32 << 20] * 4
+            block = shm_file(pool.arrays["big"])
+            pool.unshare("big")
+            deadline = time.monotonic() + 2  # idle workers let go within 0.25 s
+            while file_in_use(block) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not file_in_use(block)
+            with pytest.raises(KeyError, match="big"):
+                pool.apply(total, ("big",))
+
+    def test_forked_worker_inherits_arrays_that_follow_unshare(self):
+        # A forked worker's copy of the pool's ``arrays`` shows the worker's
+        # own arrays, so it keeps no unshared array alive.
+        if self.start_method != "fork":
+            pytest.skip("only forked workers inherit the parent's objects")
+        with self.pool(1, maxtasksperchild=3, arrays={"a": np.ones(3)}) as pool:
+            _INHERITED[:] = [pool]  # seen by the workers forked from now on
+            try:
+                for _ in range(3):
+                    pool.apply(names)  # retire the worker forked before
+                assert pool.apply(inherited_names) == ["a"]
+                pool.share("b", np.ones(2))  # after this worker forked
+                assert pool.apply(inherited_names) == ["a", "b"]
+                pool.unshare("a")
+                assert pool.apply(inherited_names) == ["b"]
+            finally:
+                _INHERITED[:] = []
+
+    def test_only_workers_started_with_the_pool_prefault(self):
+        # The first map finds the arrays' page tables filled; a replacement
+        # worker (maxtasksperchild) maps them as it touches them.
+        size = 64 << 20
+        with self.pool(1, maxtasksperchild=1, arrays={"x": np.zeros(size, np.uint8)}) as pool:
+            (first, first_kib), (second, second_kib) = [
+                pool.apply(resident_shared, ("x",)) for _ in range(2)]
+            assert first != second
+            assert first_kib >= size // 1024 * 0.9
+            assert second_kib < size // 1024 * 0.1
 
     def test_bad_sharing_refused_and_pool_stays_usable(self):
         with self.pool(2, arrays={"a": np.zeros(2)}) as pool:
