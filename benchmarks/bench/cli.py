@@ -1,0 +1,121 @@
+"""The command line of benchmarks/compare.py, and where the reports go."""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+
+import numpy as np
+
+from bench.chart import chart
+from bench.report import machine, render
+from bench.runner import run
+from bench.summary import summarize
+from bench.targets import targets
+from bench.workloads import COLUMNS, MiB
+
+#: benchmarks/: RESULTS.md and chart.png, and results/ for every run's reports.
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DESCRIPTION = "shmpool beside the other ways to share numpy arrays with worker processes."
+
+
+class Shape(object):
+    """What the reports need of Data, rebuilt from a run's arguments."""
+
+    def __init__(self, a):
+        self.workers, self.tasks, self.calls = a.workers, a.tasks, a.calls
+        self.x1 = argparse.Namespace(nbytes=a.w1_mib * MiB // (4 * COLUMNS) * 4 * COLUMNS)
+        self.x2 = argparse.Namespace(nbytes=a.w2_mib * MiB // (2 * COLUMNS) * 2 * COLUMNS)
+        self.spans1 = range(a.chunks)
+
+
+def rerender(args):
+    with open(args.from_json) as f:
+        saved = json.load(f)
+    run_args = argparse.Namespace(**saved["args"])
+    run_args.publish, run_args.out = args.publish, args.out
+    write_reports(saved["results"], Shape(run_args), run_args, saved["elapsed"])
+    return 0
+
+
+def write_reports(results, data, args, elapsed):
+    summary = summarize(results, data, args)
+    table = render(results, summary, data, args, elapsed)
+    os.makedirs(args.out, exist_ok=True)
+    md = os.path.join(args.out, "compare.md")
+    with open(md, "w") as f:
+        f.write(table)
+    with open(os.path.join(args.out, "compare.json"), "w") as f:
+        json.dump({"args": {k: v for k, v in vars(args).items()},
+                   "python": platform.python_version(), "numpy": np.__version__,
+                   "machine": machine(), "cpus": os.cpu_count(), "elapsed": elapsed,
+                   "results": results, "summary": summary,
+                   "targets": [dict(zip(("target", "value", "limit", "better", "met",
+                                         "paired"), t))
+                               for t in targets(summary, data, args, results)]},
+                  f, indent=1, default=str)
+    png = os.path.join(args.out, "compare.png")
+    try:
+        chart(summary, results, data, args, png)
+    except ImportError:
+        png = None
+        print("matplotlib not installed: no chart", flush=True)
+    default = (not args.quick and not args.methods and not args.skip
+               and args.workloads == "w1,w2,w3,memory" and args.w1_mib == 1024
+               and args.w2_mib == 256)
+    if args.publish == "yes" or (args.publish == "auto" and default):
+        shutil.copyfile(md, os.path.join(HERE, "RESULTS.md"))
+        if png:
+            shutil.copyfile(png, os.path.join(HERE, "chart.png"))
+    print()
+    print(table)
+    print("written: %s (whole run %.0f s)" % (args.out, elapsed))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--w1-mib", type=int, default=1024, help="W1 array size (MiB)")
+    parser.add_argument("--w2-mib", type=int, default=256, help="W2 array size (MiB)")
+    parser.add_argument("--chunks", type=int, default=64)
+    parser.add_argument("--tasks", type=int, default=20000,
+                        help="W3 calls with chunksize 1")
+    parser.add_argument("--slow-tasks", type=int, default=2000,
+                        help="W3 calls with chunksize 1 for joblib, mpire and Ray, "
+                             "whose per-task cost is 0.1 to 1 ms")
+    parser.add_argument("--calls", type=int, default=1000000,
+                        help="W3 calls with default chunking")
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="timed repeats, after one more that samples memory")
+    parser.add_argument("--slow-repeats", type=int, default=2,
+                        help="timed repeats of the slow baselines (pool_pickle's W1 and "
+                             "W2, joblib, mpire, Ray), which are far from every threshold")
+    parser.add_argument("--methods", default="", help="comma-separated subset")
+    parser.add_argument("--skip", default="", help="comma-separated methods to leave out")
+    parser.add_argument("--workloads", default="w1,w2,w3,memory")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes: W1 64 MiB, W2 16 MiB, 2000 tasks, 100000 calls")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--publish", choices=("auto", "yes", "no"), default="auto",
+                        help="also write benchmarks/RESULTS.md and chart.png "
+                             "(auto: only at the default sizes and methods)")
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--from-json", metavar="PATH",
+                        help="run nothing: render the tables and chart again from the "
+                             "compare.json of an earlier run")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        return rerender(args)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        args.w1_mib, args.w2_mib, args.tasks, args.calls = 64, 16, 2000, 100000
+        args.slow_tasks = min(args.slow_tasks, 500)
+    if args.tasks < 1 or args.calls < 1 or args.repeats < 0:
+        parser.error("sizes must be positive")
+    args.slow_repeats = max(1, min(args.slow_repeats, args.repeats))
+
+    results, data, elapsed = run(args)
+    write_reports(results, data, args, elapsed)
+    return 0
