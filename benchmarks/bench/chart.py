@@ -4,6 +4,7 @@ import numpy as np
 
 from bench.report import rate
 from bench.summary import median
+from bench.targets import START_METHODS, rawarray
 from bench.workloads import MiB
 
 
@@ -21,9 +22,14 @@ def chart(summary, results, data, args, path):
         ("w2_map", "W2 in-place map (s, log)", True, "s"),
         ("w3_tasks_rate", "W3 tasks/s, chunksize 1 (log)", True, "rate"),
         ("w3_calls_rate", "W3 tasks/s, default chunking (log)", True, "rate"),
+        ("w1_cpu2", "W1 parent CPU per warm map (s, log)", True, "s"),
+        ("w2_cpu", "W2 parent CPU per map (s, log)", True, "s"),
+        ("w4_big", "W4 maxtasksperchild=1: s per task, %d MiB shared (log)"
+         % (data.w4_sizes[-1][1] // MiB), True, "s"),
+        ("w4_small", "W4 maxtasksperchild=1: s per task, 1 MiB shared (log)", True, "s"),
     ]
     names = [n for n in results if summary.get(n)]
-    fig, axes = plt.subplots(2, 4, figsize=(20, 9))
+    fig, axes = plt.subplots(3, 4, figsize=(20, 13))
     axes = axes.ravel()
     for ax, (key, title, log, unit) in zip(axes, panels):
         rows = [(n, summary[n][key]) for n in names if summary[n].get(key)]
@@ -54,12 +60,14 @@ def chart(summary, results, data, args, path):
                     va="center", fontsize=7)
         if key == "w1_map1" or key == "w1_map2":
             serial = median(summary, "serial", "w1_map1")
-            floor = median(summary, "rawarray", "w1_floor")
+            floors = [median(summary, rawarray(sm), "w1_floor") for sm in START_METHODS]
+            floor = min((f for f in floors if f), default=None)
             if serial:
                 ax.axvline(serial / args.workers, color="k", ls=":", lw=1,
                            label="limit: serial / %d" % args.workers)
             if floor:
-                ax.axvline(floor, color="g", ls="--", lw=1, label="warm 2-process floor")
+                ax.axvline(floor, color="g", ls="--", lw=1,
+                           label="warm 2-process floor (fastest)")
             ax.legend(fontsize=7, loc="lower right")
     axes[-1].axis("off")
     axes[-1].text(0, 0.5, "X: %.2f GiB float32 (W1), %d MiB float16 (W2)\n%d workers, "

@@ -19,6 +19,8 @@ from bench.workloads import COLUMNS, MiB
 #: benchmarks/: RESULTS.md and chart.png, and results/ for every run's reports.
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESCRIPTION = "shmpool beside the other ways to share numpy arrays with worker processes."
+WORKLOADS = "w1,w2,w3,w4,memory"
+W4_START_METHODS = "fork,forkserver,spawn"
 
 
 class Shape(object):
@@ -29,6 +31,8 @@ class Shape(object):
         self.x1 = argparse.Namespace(nbytes=a.w1_mib * MiB // (4 * COLUMNS) * 4 * COLUMNS)
         self.x2 = argparse.Namespace(nbytes=a.w2_mib * MiB // (2 * COLUMNS) * 2 * COLUMNS)
         self.spans1 = range(a.chunks)
+        self.w4_tasks = getattr(a, "w4_tasks", None)
+        self.w4_sizes = (("small", MiB), ("big", getattr(a, "w4_mib", 0) * MiB))
 
 
 def rerender(args):
@@ -63,8 +67,9 @@ def write_reports(results, data, args, elapsed):
         png = None
         print("matplotlib not installed: no chart", flush=True)
     default = (not args.quick and not args.methods and not args.skip
-               and args.workloads == "w1,w2,w3,memory" and args.w1_mib == 1024
-               and args.w2_mib == 256)
+               and args.workloads == WORKLOADS and args.w1_mib == 1024
+               and args.w2_mib == 256 and getattr(args, "w4_mib", 2048) == 2048
+               and getattr(args, "w4_start_methods", W4_START_METHODS) == W4_START_METHODS)
     if args.publish == "yes" or (args.publish == "auto" and default):
         shutil.copyfile(md, os.path.join(HERE, "RESULTS.md"))
         if png:
@@ -94,9 +99,20 @@ def main(argv=None):
                              "W2, joblib, mpire, Ray), which are far from every threshold")
     parser.add_argument("--methods", default="", help="comma-separated subset")
     parser.add_argument("--skip", default="", help="comma-separated methods to leave out")
-    parser.add_argument("--workloads", default="w1,w2,w3,memory")
+    parser.add_argument("--w4-mib", type=int, default=None,
+                        help="W4 (maxtasksperchild=1): the big shared array (MiB), beside "
+                             "1 MiB; default 2048 (--quick: 128)")
+    parser.add_argument("--w4-tasks", type=int, default=None,
+                        help="W4: one-task workers per pool; default 40 (--quick: 12)")
+    parser.add_argument("--w4-start-methods", default=W4_START_METHODS,
+                        help="W4's start methods (under spawn each one-task worker imports "
+                             "numpy: the slowest)")
+    parser.add_argument("--workloads", default=WORKLOADS,
+                        help="comma-separated: w1, w2, w3, w4 and memory (W1's peak memory, "
+                             "in a pass of its own)")
     parser.add_argument("--quick", action="store_true",
-                        help="small sizes: W1 64 MiB, W2 16 MiB, 2000 tasks, 100000 calls")
+                        help="small sizes: W1 64 MiB, W2 16 MiB, 2000 tasks, 100000 calls, "
+                             "W4 12 tasks with 128 MiB")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--publish", choices=("auto", "yes", "no"), default="auto",
                         help="also write benchmarks/RESULTS.md and chart.png "
@@ -112,7 +128,9 @@ def main(argv=None):
     if args.quick:
         args.w1_mib, args.w2_mib, args.tasks, args.calls = 64, 16, 2000, 100000
         args.slow_tasks = min(args.slow_tasks, 500)
-    if args.tasks < 1 or args.calls < 1 or args.repeats < 0:
+    args.w4_mib = args.w4_mib or (128 if args.quick else 2048)
+    args.w4_tasks = args.w4_tasks or (12 if args.quick else 40)
+    if args.tasks < 1 or args.calls < 1 or args.repeats < 0 or args.w4_mib < 1:
         parser.error("sizes must be positive")
     args.slow_repeats = max(1, min(args.slow_repeats, args.repeats))
 

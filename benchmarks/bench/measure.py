@@ -1,6 +1,7 @@
 """Measuring: the pool helpers every method times its maps with, and the
 sampler of peak memory (PSS)."""
 
+import contextlib
 import gc
 import os
 import threading
@@ -136,16 +137,39 @@ def close_pool(pool):
         pool.join()
 
 
-def maps(pool, func, items, data, y, check_y, collect=None):
-    """Two timed maps; Y is cleared before each, and checked after."""
-    times = []
-    for _ in range(2):
+@contextlib.contextmanager
+def started(pool, data, out, t0):
+    """The pool once every worker of it runs, with out["setup"] the time since
+    t0; closed and joined after."""
+    try:
+        ready_pool(pool, data.workers)
+        out["setup"] = now() - t0
+        yield pool
+    finally:
+        close_pool(pool)
+
+
+def timed(run):
+    """run()'s result, its wall time and the parent's CPU time during it
+    (time.process_time: every thread of this process, the pool's included)."""
+    t, c = now(), time.process_time()
+    out = run()
+    return out, now() - t, time.process_time() - c
+
+
+def maps(run_map, data, y, check_y, collect=None):
+    """W1's two timed maps, run_map() each: Y is cleared before each, collect(out,
+    Y) is timed with the map, and Y is checked after.  Wall times map1, map2 and
+    the parent's CPU times cpu1, cpu2."""
+    times = {}
+    for i in (1, 2):
         y[...] = 0
-        t = now()
-        out = pool_map(pool, func, items)
-        if collect is not None:
-            collect(out, y)
-        times.append(now() - t)
+
+        def one():
+            out = run_map()
+            if collect is not None:
+                collect(out, y)
+        _, times["map%d" % i], times["cpu%d" % i] = timed(one)
         check_y(y, data.y1)
     return times
 
@@ -154,13 +178,41 @@ def concat_into(out, y):
     np.concatenate(out, out=y)
 
 
-def w3_maps(pool, data):
-    """W3 on a pool: --tasks calls with chunksize 1, --calls with the default."""
+def w3_maps(run_map, data, tasks_n=None):
+    """W3: run_map(n, chunksize) for tasks_n (default --tasks) calls with
+    chunksize 1, then --calls calls with the default; wall and parent CPU times."""
     out = {}
-    for key, n, chunksize in (("tasks", data.tasks, 1), ("calls", data.calls, None)):
-        t = now()
-        r = pool_map(pool, tasks.inc, range(n), chunksize)
-        out[key] = now() - t
-        if r != data.inc[n]:
+    tasks_n = tasks_n or data.tasks
+    for key, n, chunksize in (("tasks", tasks_n, 1), ("calls", data.calls, None)):
+        r, out[key], out[key + "_cpu"] = timed(lambda: run_map(n, chunksize))
+        if list(r) != data.inc[n]:
             raise Wrong("W3 results differ")
+    return out
+
+
+def pool_w3(pool, data):
+    """W3 on a multiprocessing-like pool."""
+    return w3_maps(lambda n, chunksize: pool_map(pool, tasks.inc, range(n), chunksize), data)
+
+
+def per_task(place, start, task, data):
+    """W4, maxtasksperchild=1: for each of data.w4_sizes, shared = place(nbytes)
+    (untimed), then the time from start(shared), which makes the pool, to the
+    end of a map of --w4-tasks calls of task with chunksize 1, per task; and
+    "factor", the per-task cost with the largest size over the smallest's."""
+    out = {}
+    for key, nbytes in data.w4_sizes:
+        shared = place(nbytes)
+        settle()
+        t = now()
+        pool = start(shared)
+        try:
+            r = pool_map(pool, task, range(data.w4_tasks), 1)
+            out[key] = (now() - t) / data.w4_tasks
+        finally:
+            close_pool(pool)
+        del pool, shared
+        if r != [1] * data.w4_tasks:
+            raise Wrong("W4 results differ")
+    out["factor"] = out[data.w4_sizes[-1][0]] / out[data.w4_sizes[0][0]]
     return out

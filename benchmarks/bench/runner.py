@@ -9,7 +9,7 @@ from bench.measure import PssSampler, now, settle
 from bench.methods import RUN_ORDER, all_methods
 from bench.workloads import Data, Wrong
 
-WORKLOADS = ("w1", "w2", "w3")
+WORKLOADS = ("w1", "w2", "w3", "w4")
 
 
 def select(args):
@@ -30,6 +30,7 @@ def select(args):
 def run(args):
     methods = select(args)
     workloads = args.workloads.split(",")
+    w4_start_methods = args.w4_start_methods.split(",")
     results = {m.name: {"label": m.label, "note": m.note, "samples": {}, "repeats": {},
                         "errors": [], "wrong": []} for m in methods}
     for m in methods:
@@ -41,8 +42,9 @@ def run(args):
     methods.sort(key=lambda m: RUN_ORDER.index(m.name) if m.name in RUN_ORDER else 99)
 
     t_start = now()
-    print("data: W1 %d MiB float32, W2 %d MiB float16, %d chunks, %d workers"
-          % (args.w1_mib, args.w2_mib, args.chunks, args.workers), flush=True)
+    print("data: W1 %d MiB float32, W2 %d MiB float16, %d chunks, %d workers; W4 %d tasks, "
+          "1 and %d MiB shared" % (args.w1_mib, args.w2_mib, args.chunks, args.workers,
+                                   args.w4_tasks, args.w4_mib), flush=True)
     data = Data(args)
     if any(m.name == "shmpool_empty" for m in methods):
         data.shared_x1()
@@ -58,7 +60,8 @@ def run(args):
         for m in order:
             todo = [w for w in WORKLOADS if w in workloads and getattr(m, w)
                     and not (memory_pass and w != "w1" and args.repeats > 0)
-                    and not (w in m.slow and r > args.slow_repeats)]
+                    and not (w in m.slow and r > args.slow_repeats)
+                    and not (w == "w4" and m.start_method not in w4_start_methods)]
             if not todo:
                 continue
             m.begin(data)

@@ -11,11 +11,16 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-import shmpool
-
 now = time.perf_counter
 _G = {}          # a worker's globals, set by init
 _FORK = {}       # the parent's globals that fork children inherit (pool_fork_global)
+
+
+def _shared(name):
+    """The array name of the shmpool pool this worker serves.  shmpool is
+    imported here, not above: the plain Ray method's workers need none."""
+    import shmpool
+    return shmpool.arrays[name]
 
 
 def fork_share(**arrays):
@@ -57,7 +62,7 @@ def w1_global(span):
 
 def w1_shmpool(span):
     a, b = span
-    X, Y = shmpool.arrays["x"], shmpool.arrays["y"]
+    X, Y = _shared("x"), _shared("y")
     Y[a:b] = (X[a:b] ** 2).sum(1)
 
 
@@ -83,13 +88,13 @@ def w1_ray(args):
 
 def w1_shmpool_ray(span):
     a, b = span
-    X = shmpool.arrays["x"]  # read-only on Ray: the rows' sums come back
+    X = _shared("x")  # read-only on Ray: the rows' sums come back
     return (X[a:b] ** 2).sum(1)
 
 
 def w2_shmpool_ray(span):
     a, b = span
-    return shmpool.arrays["x"][a:b] * 2
+    return _shared("x")[a:b] * 2
 
 
 def w2_global(span):
@@ -100,7 +105,7 @@ def w2_global(span):
 
 def w2_shmpool(span):
     a, b = span
-    X = shmpool.arrays["x"]
+    X = _shared("x")
     X[a:b] *= 2
 
 
@@ -123,6 +128,14 @@ def w2_ray(args):
     import ray
     ref, a, b = args
     return ray.get(ref)[a:b] * 2
+
+
+def w4_global(i):
+    return int(_G["x"][i])
+
+
+def w4_shmpool(i):
+    return int(_shared("x")[i])
 
 
 def inc(i):

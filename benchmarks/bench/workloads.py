@@ -25,6 +25,9 @@ def check_equal(x, ref):
 
 
 class Data(object):
+    """The workloads' inputs, made once per run, and the serial results they are
+    checked against."""
+
     def __init__(self, args):
         self.workers = args.workers
         rng = np.random.default_rng(0)
@@ -45,6 +48,9 @@ class Data(object):
             self.x2_done[a:b] *= 2
         self.tasks, self.calls, self.slow_tasks = args.tasks, args.calls, args.slow_tasks
         self.inc = {n: list(range(1, n + 1)) for n in {args.tasks, args.calls, args.slow_tasks}}
+        # W4: maxtasksperchild=1 with a small and a big shared array.
+        self.w4_tasks = args.w4_tasks
+        self.w4_sizes = (("small", MiB), ("big", args.w4_mib * MiB))
 
     def shared_x1(self):
         if self.x1_shared is None:

@@ -1,15 +1,17 @@
 """The methods compared, in the order the tables list them, and the order they
 run in."""
 
+from functools import partial
+
 from bench.methods.base import Method
 from bench.methods.joblib_mpire import (JoblibMethod, joblib_w1, joblib_w2, joblib_w3,
                                         mpire_w1, mpire_w2, mpire_w3)
 from bench.methods.on_ray import (RayMethod, ray_w1, ray_w2, ray_w3, shmpool_ray_w1,
                                   shmpool_ray_w2)
-from bench.methods.sharedarraypool import shmpool_w1, shmpool_w2, shmpool_w3
+from bench.methods.sharedarraypool import shmpool_w1, shmpool_w2, shmpool_w3, shmpool_w4
 from bench.methods.stdlib import (fork_global_w1, fork_global_w2, pickle_w1, pickle_w2,
-                                  pickle_w3, rawarray_w1, rawarray_w2, serial_w1, serial_w2,
-                                  serial_w3, shm_w1, shm_w2)
+                                  pickle_w3, rawarray_w1, rawarray_w2, rawarray_w4, serial_w1,
+                                  serial_w2, serial_w3, shm_w1, shm_w2)
 
 
 def all_methods():
@@ -19,16 +21,21 @@ def all_methods():
         Method("pool_pickle", "Pool, chunks pickled", pickle_w1, pickle_w2, pickle_w3,
                note="plain multiprocessing.Pool (fork); W2 returns the chunks",
                slow=("w1", "w2")),
-        Method("pool_fork_global", "Pool, fork global", fork_global_w1, fork_global_w2,
-               note="copy-on-write global: read-only"),
-        Method("rawarray", "RawArray by hand", rawarray_w1, rawarray_w2,
-               note="RawArray of bytes viewed as the dtype, via initializer (fork)"),
-        Method("rawarray_spawn", "RawArray by hand, spawn",
-               lambda d: rawarray_w1(d, "spawn", floor=False),
-               lambda d: rawarray_w2(d, "spawn"), note="the same under spawn"),
-        Method("rawarray_forkserver", "RawArray by hand, forkserver",
-               lambda d: rawarray_w1(d, "forkserver", floor=False),
-               lambda d: rawarray_w2(d, "forkserver"), note="the same under forkserver"),
+    ]
+    for sm in ("spawn", "forkserver"):
+        ms.append(Method("pool_pickle_" + sm, "Pool, " + sm,
+                         w3=partial(pickle_w3, start_method=sm),
+                         note="plain multiprocessing.Pool (%s): W3 only" % sm))
+    ms.append(Method("pool_fork_global", "Pool, fork global", fork_global_w1, fork_global_w2,
+                     note="copy-on-write global: read-only"))
+    for sm in ("fork", "spawn", "forkserver"):
+        ms.append(Method(
+            "rawarray" if sm == "fork" else "rawarray_" + sm, "RawArray by hand, " + sm,
+            partial(rawarray_w1, start_method=sm), partial(rawarray_w2, start_method=sm),
+            w4=partial(rawarray_w4, start_method=sm), start_method=sm,
+            note="RawArray of bytes viewed as the dtype, handed to a plain Pool through "
+                 "its initializer (%s); W1 also times the 2-process floor" % sm))
+    ms += [
         Method("shared_memory", "shared_memory", shm_w1, shm_w2,
                note="multiprocessing.shared_memory attached by name (fork)"),
         JoblibMethod("joblib", "joblib", joblib_w1, joblib_w2, joblib_w3, needs="joblib",
@@ -54,9 +61,10 @@ def all_methods():
     ms.append(shmpool_ray)
     for sm in ("fork", "spawn", "forkserver"):
         ms.append(Method("shmpool_" + sm, "shmpool, " + sm,
-                         (lambda d, sm=sm: shmpool_w1(d, sm)),
-                         (lambda d, sm=sm: shmpool_w2(d, sm)),
-                         (lambda d, sm=sm: shmpool_w3(d, sm)),
+                         partial(shmpool_w1, start_method=sm),
+                         partial(shmpool_w2, start_method=sm),
+                         partial(shmpool_w3, start_method=sm),
+                         w4=partial(shmpool_w4, start_method=sm), start_method=sm,
                          note="SharedArrayPool(arrays={...}) under %s; W1 places X "
                               "with shmpool.copy, as arrays= does" % sm))
     ms.append(Method("shmpool_empty", "shmpool, made in place",
@@ -68,5 +76,6 @@ def all_methods():
 #: The order the methods run in (each shmpool beside the RawArray of its start
 #: method); the tables list them in the order all_methods() makes them.
 RUN_ORDER = ["serial", "rawarray", "shmpool_fork", "shmpool_empty", "rawarray_spawn",
-             "shmpool_spawn", "rawarray_forkserver", "shmpool_forkserver", "shared_memory",
-             "pool_fork_global", "pool_pickle", "joblib", "mpire", "ray", "shmpool_ray"]
+             "shmpool_spawn", "pool_pickle_spawn", "rawarray_forkserver", "shmpool_forkserver",
+             "pool_pickle_forkserver", "shared_memory", "pool_fork_global", "pool_pickle",
+             "joblib", "mpire", "ray", "shmpool_ray"]

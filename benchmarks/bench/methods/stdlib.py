@@ -10,7 +10,8 @@ from multiprocessing.sharedctypes import RawArray
 import numpy as np
 
 from bench import tasks
-from bench.measure import close_pool, concat_into, maps, now, pool_map, ready_pool, w3_maps
+from bench.measure import (concat_into, maps, now, per_task, pool_map, pool_w3, started,
+                           timed, w3_maps)
 from bench.workloads import Wrong, check_close, check_equal
 
 
@@ -18,79 +19,65 @@ from bench.workloads import Wrong, check_close, check_equal
 
 def serial_w1(data):
     y = np.empty_like(data.y1)
-    t = now()
-    for a, b in data.spans1:
-        y[a:b] = (data.x1[a:b] ** 2).sum(1)
-    t = now() - t
+
+    def run():
+        for a, b in data.spans1:
+            y[a:b] = (data.x1[a:b] ** 2).sum(1)
+    _, t, cpu = timed(run)
     check_close(y, data.y1)
-    return {"map1": t, "map2": t}
+    return {"map1": t, "map2": t, "cpu1": cpu, "cpu2": cpu}
 
 
 def serial_w2(data):
     x = data.x2.copy()
-    t = now()
-    for a, b in data.spans2:
-        x[a:b] *= 2
-    t = now() - t
+
+    def run():
+        for a, b in data.spans2:
+            x[a:b] *= 2
+    _, t, cpu = timed(run)
     check_equal(x, data.x2_done)
-    return {"map": t}
+    return {"map": t, "cpu": cpu}
 
 
 def serial_w3(data):
-    out = {}
-    for key, n in (("tasks", data.tasks), ("calls", data.calls)):
-        t = now()
-        r = list(map(tasks.inc, range(n)))
-        out[key] = now() - t
-        if r != data.inc[n]:
-            raise Wrong("serial")
-    return out
+    return w3_maps(lambda n, chunksize: list(map(tasks.inc, range(n))), data)
 
 
 # plain Pool, chunks pickled ----------------------------------------------------------
 
+def _plain_pool(ctx, data, kind=None, payload=None, **kwargs):
+    return ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers), kind, payload),
+                    **kwargs)
+
+
 def pickle_w1(data):
     ctx = mp.get_context("fork")
-    t0 = now()
-    pool = ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers),))
-    try:
-        ready_pool(pool, data.workers)
-        setup = now() - t0
+    out = {"place": 0.0}
+    with started(_plain_pool(ctx, data), data, out, now()) as pool:
         chunks = [data.x1[a:b] for a, b in data.spans1]  # ordinary arrays: by value
-        m1, m2 = maps(pool, tasks.w1_chunk, chunks, data, np.empty_like(data.y1), check_close,
-                       concat_into)
-    finally:
-        close_pool(pool)
-    return {"setup": setup, "place": 0.0, "map1": m1, "map2": m2}
+        out.update(maps(lambda: pool_map(pool, tasks.w1_chunk, chunks), data,
+                        np.empty_like(data.y1), check_close, concat_into))
+    return out
 
 
 def pickle_w2(data):
     ctx = mp.get_context("fork")
     x = data.x2.copy()
-    t0 = now()
-    pool = ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers),))
-    try:
-        ready_pool(pool, data.workers)
-        setup = now() - t0
-        t = now()
-        out = pool_map(pool, tasks.w2_chunk, [x[a:b] for a, b in data.spans2])
-        for (a, b), r in zip(data.spans2, out):
-            x[a:b] = r
-        m = now() - t
-    finally:
-        close_pool(pool)
+    out = {}
+    with started(_plain_pool(ctx, data), data, out, now()) as pool:
+        def run():
+            res = pool_map(pool, tasks.w2_chunk, [x[a:b] for a, b in data.spans2])
+            for (a, b), r in zip(data.spans2, res):
+                x[a:b] = r
+        _, out["map"], out["cpu"] = timed(run)
     check_equal(x, data.x2_done)
-    return {"setup": setup, "map": m}
+    return out
 
 
-def pickle_w3(data):
-    ctx = mp.get_context("fork")
-    pool = ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers),))
-    try:
-        ready_pool(pool, data.workers)
-        return w3_maps(pool, data)
-    finally:
-        close_pool(pool)
+def pickle_w3(data, start_method="fork"):
+    ctx = mp.get_context(start_method)
+    with started(_plain_pool(ctx, data), data, {}, now()) as pool:
+        return pool_w3(pool, data)
 
 
 # plain Pool, copy-on-write global under fork ------------------------------------------
@@ -98,36 +85,29 @@ def pickle_w3(data):
 def fork_global_w1(data):
     ctx = mp.get_context("fork")
     tasks.fork_share(x=data.x1)
-    t0 = now()
-    pool = ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers),))
+    out = {"place": 0.0}
     try:
-        ready_pool(pool, data.workers)
-        setup = now() - t0
-        m1, m2 = maps(pool, tasks.w1_fork_global, data.spans1, data, np.empty_like(data.y1),
-                       check_close, concat_into)
+        with started(_plain_pool(ctx, data), data, out, now()) as pool:
+            out.update(maps(lambda: pool_map(pool, tasks.w1_fork_global, data.spans1), data,
+                            np.empty_like(data.y1), check_close, concat_into))
     finally:
-        close_pool(pool)
         tasks.fork_clear()
-    return {"setup": setup, "place": 0.0, "map1": m1, "map2": m2}
+    return out
 
 
 def fork_global_w2(data):
     ctx = mp.get_context("fork")
     x = data.x2.copy()
     tasks.fork_share(x=x)
-    t0 = now()
-    pool = ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers),))
+    out = {}
     try:
-        ready_pool(pool, data.workers)
-        setup = now() - t0
-        t = now()
-        pool_map(pool, tasks.w2_fork_global, data.spans2)
-        m = now() - t
+        with started(_plain_pool(ctx, data), data, out, now()) as pool:
+            _, out["map"], out["cpu"] = timed(
+                lambda: pool_map(pool, tasks.w2_fork_global, data.spans2))
     finally:
-        close_pool(pool)
         tasks.fork_clear()
     check_equal(x, data.x2_done)  # copy-on-write: the workers' writes stay theirs
-    return {"setup": setup, "map": m}
+    return out
 
 
 # hand-written RawArray ---------------------------------------------------------------
@@ -138,34 +118,30 @@ def _raw_like(a):
     return raw, view
 
 
-def rawarray_w1(data, start_method="fork", floor=True):
-    floor = floor and not data.memory_pass
+def _payload(**arrays):
+    """What the hand-written pool's initializer gets: (RawArray, shape, dtype)."""
+    return {k: (raw, x.shape, x.dtype.str) for k, (raw, x) in arrays.items()}
+
+
+def rawarray_w1(data, start_method="fork"):
     ctx = mp.get_context(start_method)
     t0 = now()
     raw_x, x = _raw_like(data.x1)
     np.copyto(x, data.x1)
     raw_y, y = _raw_like(data.y1)
-    place = now() - t0
-    payload = {"x": (raw_x, x.shape, x.dtype.str), "y": (raw_y, y.shape, y.dtype.str)}
-    pool = ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers), "rawarray", payload))
-    try:
-        ready_pool(pool, data.workers)
-        setup = now() - t0
-        m1, m2 = maps(pool, tasks.w1_global, data.spans1, data, y, check_close)
-    finally:
-        close_pool(pool)
-    out = {"setup": setup, "place": place, "map1": m1, "map2": m2}
-    if floor:
-        # Forked children of this big process and fresh ones (forkserver) can
-        # differ: the floor is the faster of the two.
-        for sm in ("fork", "forkserver"):
-            if sm in mp.get_all_start_methods():
-                out["floor_" + sm] = measure_floor(raw_x, x, data, sm)
-        out["floor"] = min(v for k, v in out.items() if k.startswith("floor_"))
+    out = {"place": now() - t0}
+    pool = _plain_pool(ctx, data, "rawarray", _payload(x=(raw_x, x), y=(raw_y, y)))
+    with started(pool, data, out, t0):
+        out.update(maps(lambda: pool_map(pool, tasks.w1_global, data.spans1), data, y,
+                        check_close))
+    if not data.memory_pass:
+        out["floor"] = measure_floor(raw_x, x, data, start_method)
     return out
 
 
 def measure_floor(raw, x, data, start_method="fork"):
+    """The 2-process floor: two warm processes of this start method, each doing
+    its half of the same chunks, no pool between them (tasks.floor_worker)."""
     ctx = mp.get_context(start_method)
     n = data.workers
     barrier, results = ctx.Barrier(n), ctx.SimpleQueue()
@@ -191,18 +167,29 @@ def rawarray_w2(data, start_method="fork"):
     t0 = now()
     raw_x, x = _raw_like(data.x2)
     np.copyto(x, data.x2)
-    payload = {"x": (raw_x, x.shape, x.dtype.str)}
-    pool = ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers), "rawarray", payload))
-    try:
-        ready_pool(pool, data.workers)
-        setup = now() - t0
-        t = now()
-        pool_map(pool, tasks.w2_global, data.spans2)
-        m = now() - t
-    finally:
-        close_pool(pool)
+    out = {}
+    pool = _plain_pool(ctx, data, "rawarray", _payload(x=(raw_x, x)))
+    with started(pool, data, out, t0):
+        _, out["map"], out["cpu"] = timed(lambda: pool_map(pool, tasks.w2_global, data.spans2))
     check_equal(x, data.x2_done)
-    return {"setup": setup, "map": m}
+    return out
+
+
+def rawarray_w4(data, start_method="fork"):
+    """maxtasksperchild=1: one-task workers of a plain Pool given a RawArray of
+    each size through its initializer (see measure.per_task)."""
+    ctx = mp.get_context(start_method)
+
+    def place(nbytes):
+        raw = RawArray(ctypes.c_char, nbytes)  # zero-filled: every page touched
+        x = np.frombuffer(raw, np.uint8)
+        x[...] = 1
+        return _payload(x=(raw, x))
+
+    def start(payload):
+        return ctx.Pool(data.workers, tasks.init, (None, "rawarray", payload),
+                        maxtasksperchild=1)
+    return per_task(place, start, tasks.w4_global, data)
 
 
 # multiprocessing.shared_memory, attached by name ---------------------------------------
@@ -218,24 +205,26 @@ def _shm_free(*shms):
         shm.unlink()
 
 
+def _shm_payload(**arrays):
+    return {k: (shm.name, x.shape, x.dtype.str) for k, (shm, x) in arrays.items()}
+
+
 def shm_w1(data):
     ctx = mp.get_context("fork")
     t0 = now()
     shm_x, x = _shm_like(data.x1)
     np.copyto(x, data.x1)
     shm_y, y = _shm_like(data.y1)
-    place = now() - t0
-    payload = {"x": (shm_x.name, x.shape, x.dtype.str), "y": (shm_y.name, y.shape, y.dtype.str)}
-    pool = ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers), "shm", payload))
+    out = {"place": now() - t0}
     try:
-        ready_pool(pool, data.workers)
-        setup = now() - t0
-        m1, m2 = maps(pool, tasks.w1_global, data.spans1, data, y, check_close)
+        pool = _plain_pool(ctx, data, "shm", _shm_payload(x=(shm_x, x), y=(shm_y, y)))
+        with started(pool, data, out, t0):
+            out.update(maps(lambda: pool_map(pool, tasks.w1_global, data.spans1), data, y,
+                            check_close))
     finally:
-        close_pool(pool)
         del x, y
         _shm_free(shm_x, shm_y)
-    return {"setup": setup, "place": place, "map1": m1, "map2": m2}
+    return out
 
 
 def shm_w2(data):
@@ -243,19 +232,16 @@ def shm_w2(data):
     t0 = now()
     shm_x, x = _shm_like(data.x2)
     np.copyto(x, data.x2)
-    payload = {"x": (shm_x.name, x.shape, x.dtype.str)}
-    pool = ctx.Pool(data.workers, tasks.init, (ctx.Barrier(data.workers), "shm", payload))
+    out = {}
     try:
-        ready_pool(pool, data.workers)
-        setup = now() - t0
-        t = now()
-        pool_map(pool, tasks.w2_global, data.spans2)
-        m = now() - t
+        pool = _plain_pool(ctx, data, "shm", _shm_payload(x=(shm_x, x)))
+        with started(pool, data, out, t0):
+            _, out["map"], out["cpu"] = timed(
+                lambda: pool_map(pool, tasks.w2_global, data.spans2))
         ok = np.array_equal(x, data.x2_done)
     finally:
-        close_pool(pool)
         del x
         _shm_free(shm_x)
     if not ok:
         raise Wrong("result differs from serial numpy")
-    return {"setup": setup, "map": m}
+    return out
