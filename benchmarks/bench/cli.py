@@ -13,7 +13,7 @@ from bench.chart import chart
 from bench.report import machine, render
 from bench.runner import run
 from bench.summary import summarize
-from bench.targets import targets
+from bench.targets import FIELDS, targets
 from bench.workloads import COLUMNS, MiB
 
 #: benchmarks/: RESULTS.md and chart.png, and results/ for every run's reports.
@@ -56,8 +56,7 @@ def write_reports(results, data, args, elapsed):
                    "python": platform.python_version(), "numpy": np.__version__,
                    "machine": machine(), "cpus": os.cpu_count(), "elapsed": elapsed,
                    "results": results, "summary": summary,
-                   "targets": [dict(zip(("target", "value", "limit", "better", "met",
-                                         "paired"), t))
+                   "targets": [dict(zip(FIELDS, t))
                                for t in targets(summary, data, args, results)]},
                   f, indent=1, default=str)
     png = os.path.join(args.out, "compare.png")
