@@ -84,19 +84,19 @@ def initialize(registry_block: npt.NDArray[np.uint8],
     worker maps them as it touches them, as a plain Pool's worker would."""
     if status is not None:
         queues.status = memoryview(status)  # faster to set than the ndarray
-    memory.populate_mappings(prefault)
     inherited = getattr(multiprocessing.current_process(), "shmpool_inherited", lambda: None)()
     if inherited is not None:
         inherited.follow(arrays)
+    memory.populate_mappings(False)  # (the arrays once, below: forked ones are mapped already)
     table = registry.View(registry_block, arrays)
     table.refresh()
     queues.before_task = table.refresh
     if prefault:
-        # A forked worker inherits the mappings without their page tables.
         for a in arrays.values():
             where = ndarrays.locate(a)
             if where is not None:
                 memory.populate(where[0])
+    memory.populate_mappings(prefault)
     _watch_parent(parent, table)
     if initializer is not None:
         initializer(*initargs)
