@@ -1,7 +1,8 @@
-"""The test matrix: every installed CPython from 3.7 to 3.13.
+"""The test matrix: every installed CPython from 3.7 to 3.13; 3.14 and 3.15 in a chroot.
 
     python -m nox -s tests-3.7 tests-3.13      # one session per Python
     python -m nox -s tests-3.13 -- -m fork     # arguments after -- go to conformance/run.py
+    python -m nox -s forky                     # 3.14 and 3.15, in a Debian forky chroot (root)
     python -m nox -l                           # list the sessions
 
 A session installs the project (``pip install -e '.[test]'``), runs its own
@@ -53,3 +54,11 @@ def conformance(session):
     """Only the CPython conformance run (arguments after -- go to it)."""
     session.install("-e", ".")
     session.run("python", "conformance/run.py", *session.posargs)
+
+
+@nox.session(python=False)
+def forky(session):
+    """Pythons 3.14 and 3.15 (or those after --), which pyenv here lacks: the
+    same two runs in a Debian forky chroot that .ci/forky-chroot.sh builds
+    once and reuses (as root)."""
+    session.run("bash", ".ci/forky-chroot.sh", "test", *session.posargs, external=True)
