@@ -102,10 +102,12 @@ def _watch_parent(pid: int, registry_view: registry.View) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not).  /proc/PID/stat is read as
+    bytes: the process name in it may be any bytes, ")" included."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
         pass
     try:
         os.kill(pid, 0)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import WorkerDied, queues
+from shmpool import WorkerDied, queues, worker
 
 from conftest import HERE, StartMethodCases, file_in_use, process_alive
 
@@ -205,14 +205,18 @@ class ReliabilityCases(StartMethodCases):
         with self.pool(2, maxtasksperchild=2) as pool:
             assert pool.map(square, range(30), chunksize=1) == [i * i for i in range(30)]
 
-    def test_workers_exit_when_parent_is_killed(self):
+    # A parent whose name is not UTF-8 (nor free of ")") is watched all the same.
+    @pytest.mark.parametrize("name", [None, b"pool\xff\xfe) Z"])
+    def test_workers_exit_when_parent_is_killed(self, name):
         proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "scripts", "parent.py"), self.start_method],
+            [sys.executable, os.path.join(HERE, "scripts", "parent.py"), self.start_method]
+            + ([name.hex()] if name else []),
             stdout=subprocess.PIPE, universal_newlines=True)
         try:
             pids = [int(p) for p in proc.stdout.readline().split()]
             inode = tuple(int(v) for v in proc.stdout.readline().split())
             assert len(pids) == 2 and all(process_alive(p) for p in pids)
+            assert worker._alive(proc.pid)  # what the workers' watch reads
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             deadline = time.monotonic() + 1.5
