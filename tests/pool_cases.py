@@ -28,6 +28,10 @@ def array_bytes(name):
     return shmpool.arrays[name].tobytes()
 
 
+def array_strides(name):
+    return shmpool.arrays[name].strides
+
+
 def reverse_in_place(name):
     a = shmpool.arrays[name]
     a[...] = a[::-1].copy()
@@ -110,6 +114,15 @@ class PoolCases(StartMethodCases):
             x[:] = np.arange(10)
             pool.map(double, range(10))
         assert x.tolist() == [2 * i for i in range(10)]
+
+    def test_fortran_order_kept_in_arrays(self):
+        f = np.asfortranarray(np.arange(12).reshape(3, 4))
+        with self.pool(1, arrays={"f": f, "c": f.T}) as pool:
+            assert pool.arrays["f"].flags.f_contiguous and not pool.arrays["f"].flags.c_contiguous
+            assert pool.arrays["c"].flags.c_contiguous  # (f.T is C-contiguous)
+            assert pool.apply(array_strides, ("f",)) == f.strides
+            pool.apply(reverse_in_place, ("f",))
+            assert pool.arrays["f"].tolist() == f[::-1].tolist()
 
     def test_views_in_arrays(self):
         base = shmpool.copy(np.arange(20, dtype=np.int64))
