@@ -36,12 +36,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import time
 from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sized, cast, overload)
 
-from . import ndarrays, pickling, progress, queues, registry, supervisor, worker
+from . import _compat, ndarrays, pickling, progress, queues, registry, supervisor, worker
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -180,14 +179,15 @@ class SharedArrayPool(_Pool):
     @staticmethod
     def _help_stuff_finish(inqueue: queues.TaskQueue, task_handler: threading.Thread,
                            size: int) -> None:
-        # As Pool._help_stuff_finish (3.8 to 3.13; 3.7 drains alike): drop the
-        # tasks still queued, as bytes, for they are framed (see TaskQueue.send).
-        # Not forever for the lock: a worker killed holding it would hang
-        # terminate() (the supervisor releases it, but may be just too late).
-        inqueue._rlock.acquire(timeout=1.0)
-        while task_handler.is_alive() and inqueue._reader.poll():
-            inqueue._reader.recv_bytes()
-            time.sleep(0)
+        # Pool's drains the task pipe, under its lock, so that a task thread
+        # blocked writing can finish; but a worker may hold that lock for
+        # good, and reading without it starts mid-frame.  Here the task thread
+        # stops writing instead (its pipe end never blocks: see queues), and
+        # the workers are terminated next, with whatever the pipe holds.
+        if not _compat.PIPE_FDS:
+            _mp_pool.Pool._help_stuff_finish(  # type: ignore[attr-defined]  # not in typeshed
+                inqueue, task_handler, size)
+        inqueue.stop()
 
     def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}) -> _T:

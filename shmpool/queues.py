@@ -74,12 +74,20 @@ class TaskQueue(_Queue):
     raises why (an exception here would end the worker loop, losing it)."""
 
     def _parent_end(self) -> None:
+        self.stopped = False
         if _compat.PIPE_FDS:
             os.set_blocking(self._writer.fileno(), False)
+
+    def stop(self) -> None:
+        """The pool is terminating: the parent's task thread drops the task it
+        is writing, within a tick, and writes no more."""
+        self.stopped = True
 
     def send(self, task: Optional[Tuple[Any, ...]]) -> None:
         """The parent's put: ``(job, index)`` first, so a worker knows which
         task it holds before it unpickles the rest."""
+        if self.stopped:
+            return
         buf = io.BytesIO()
         buf.write(_SIZE.pack(0))  # the frame's header, filled in below
         buf.write(_HEAD.pack(*task[:2]) if task is not None else _HEAD.pack(-1, -1))
@@ -90,7 +98,7 @@ class TaskQueue(_Queue):
             self._send_bytes(frame[_SIZE.size:])
             return
         _SIZE.pack_into(frame, 0, size)
-        while not _write(self, frame):
+        while not _write(self, frame) and not self.stopped:
             pass  # renewed midway: the whole task again, on the new pipe
 
     def _send_bytes(self, data: memoryview) -> None:
@@ -99,7 +107,7 @@ class TaskQueue(_Queue):
             self._writer.send_bytes(data)
             return
         head = memoryview(_SIZE.pack(-1) + _LARGE.pack(len(data)))
-        while not (_write(self, head) and _write(self, data)):
+        while not (_write(self, head) and _write(self, data)) and not self.stopped:
             pass  # (a restart midway: the whole task again)
 
     def get(self) -> Any:  # a Pool task, or None
@@ -224,14 +232,16 @@ class Receiver(object):
 
 
 def _write(queue: TaskQueue, data: memoryview) -> bool:
-    """Write ``data`` whole; False if the queue was renewed before it was."""
+    """Write ``data`` whole; False if the queue was renewed or stopped before
+    it was."""
     writer = queue._writer
     fd = writer.fileno()
     while data:
         try:
             data = data[os.write(fd, data):]
         except BlockingIOError:
-            if not _wait(fd, select.POLLOUT) and queue._writer is not writer:
+            if not _wait(fd, select.POLLOUT) and (queue._writer is not writer
+                                                  or queue.stopped):
                 return False
         except BrokenPipeError:
             if queue._writer is not writer:

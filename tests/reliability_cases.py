@@ -10,13 +10,14 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 import shmpool
-from shmpool import WorkerDied, queues, worker
+from shmpool import WorkerDied, queues, supervisor, worker
 
 from conftest import HERE, StartMethodCases, file_in_use, process_alive
 
@@ -51,6 +52,10 @@ def pid(_=None):
 
 def total(name):
     return float(shmpool.arrays[name].sum())
+
+
+def length(data):
+    return len(data)
 
 
 def payload(i):
@@ -191,6 +196,34 @@ class ReliabilityCases(StartMethodCases):
                             assert np.array_equal(got, expected)
             assert outcomes["died"] >= 3, outcomes
             assert pool.map(square, range(10)) == [i * i for i in range(10)]
+
+    @pytest.mark.timeout(60)
+    def test_terminate_returns_while_a_worker_is_stalled_mid_task(self):
+        # The worker is stopped for 1.5 s halfway through reading a large
+        # task, holding the task queue's lock.
+        pool = self.pool(1)
+        try:
+            assert pool.apply(square, (3,)) == 9
+            (status,) = pool._supervisor.workers.values()
+            stalled = pool._pool[0].pid
+            pool.apply_async(length, (bytes(256 << 20),))
+            deadline = time.monotonic() + 20
+            while status[supervisor.STATE] != supervisor.READING:
+                assert time.monotonic() < deadline, "the worker never read the task"
+            os.kill(stalled, signal.SIGSTOP)
+            resume = threading.Timer(1.5, os.kill, (stalled, signal.SIGCONT))
+            resume.start()
+            start = time.monotonic()
+            terminating = threading.Thread(target=pool.terminate, daemon=True)
+            terminating.start()
+            terminating.join(15)
+            assert not terminating.is_alive(), "terminate() hung"
+            assert time.monotonic() - start < 5
+            resume.join()
+        finally:
+            for p in pool._pool:
+                p.kill()  # (after a hang)
+                p.join(5)
 
     def test_idle_workers_killed(self):
         with self.pool(2) as pool:
