@@ -103,8 +103,8 @@ class SharedArrayPool(_Pool):
         # the worker's own status block.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            (self._registry.block, shared, initializer, initargs, os.getpid(),
-             self._supervisor),
+            (self._registry.block, shared, worker.Deferred((initializer, initargs)), (),
+             os.getpid(), self._supervisor),
             maxtasksperchild, context)
         self._supervisor.start(self)
 

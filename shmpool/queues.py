@@ -136,6 +136,10 @@ class TaskQueue(_Queue):
         failures = reduction.tolerate()
         try:
             task = ForkingPickler.loads(memoryview(data)[_HEAD.size:])
+        except Exception as e:  # (a function this worker cannot import, say)
+            if state[JOB] < 0:
+                raise
+            return (state[JOB], state[INDEX], _raise, (e,), {})
         finally:
             reduction.tolerate(None)
         if failures and task is not None:

@@ -15,6 +15,11 @@ exit within a tenth of a second and, from the dead worker's last status:
                               if the lock stays held by no live worker, it
                               cannot be safely released: the pool restarts
     idle                      nothing was lost
+    starting                  (before its first task: the initializer raised,
+                              or could not be unpickled, or a signal) after
+                              a few such deaths in a row the pool is broken:
+                              every call, waiting or new, fails with the
+                              worker's error, and no more workers are made
 
 Workers retired by ``maxtasksperchild`` exit idle, so they are not deaths.
 
@@ -34,7 +39,8 @@ import traceback
 import time
 import weakref
 from multiprocessing import pool as _mp_pool
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple, Type, cast
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Set, Tuple,
+                    Type, cast)
 
 import numpy as np
 
@@ -74,11 +80,16 @@ if TYPE_CHECKING:
 
         def _set(self, i: int, obj: Tuple[bool, Any]) -> None: ...
 
-# A worker's states, in the order it goes through them for each task.
-IDLE, WAITING, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT = range(8)
-STATE, JOB, INDEX = range(3)
+# A worker's states, in the order it goes through them for each task; it
+# starts in STARTING, until it first waits for a task.
+IDLE, WAITING, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT, STARTING = range(9)
+# The status block: these int64 slots, then from byte _TEXT on the error that
+# ended the worker's start-up, of ERROR bytes.
+STATE, JOB, INDEX, ERROR = range(4)
+_TEXT, _SIZE = 64, 4096
 
 _POLL = 0.1
+_START_DEATHS = 2  # deaths in a row before any task that break the pool
 
 
 class WorkerDied(RuntimeError):
@@ -94,8 +105,23 @@ class WorkerDied(RuntimeError):
 
 
 def new_status() -> npt.NDArray[np.int64]:
-    """A worker's status block: state, job, index."""
-    return ndarrays.zeros(3, np.int64)
+    """A worker's status block: state, job, index, and room for its start-up
+    error."""
+    status = ndarrays.zeros(_SIZE // 8, np.int64)
+    status[STATE] = STARTING
+    return status
+
+
+def record_error(status: npt.NDArray[np.int64], text: str) -> None:
+    """In a worker: keep ``text`` (its end, if too long) in its status block."""
+    data = text.encode("utf-8", "backslashreplace")[-(_SIZE - _TEXT):]
+    status.view(np.uint8)[_TEXT:_TEXT + len(data)] = np.frombuffer(data, np.uint8)
+    status[ERROR] = len(data)
+
+
+def recorded_error(status: npt.NDArray[np.int64]) -> str:
+    size = min(max(int(status[ERROR]), 0), _SIZE - _TEXT)
+    return status.view(np.uint8)[_TEXT:_TEXT + size].tobytes().decode("utf-8", "replace")
 
 
 class Supervisor(object):
@@ -107,22 +133,33 @@ class Supervisor(object):
         self.changed = threading.Condition()  # guards workers and restarting
         self.restarting = False
         self.pool: Optional[weakref.ref[SharedArrayPool]] = None
+        self.start_deaths = 0  # in a row
+        self.broken: Optional[WorkerDied] = None
+        self._failed: Set[int] = set()  # jobs failed since the pool broke
 
     def process(self, ctx: Any, kwds: Dict[str, Any]) -> Worker:
         """Make a worker process as Pool does, with a status block of its own
         (waiting while the pool restarts: a worker made then could get the
-        queues' old pipes)."""
+        queues' old pipes).  Once the pool is broken, none: Pool's worker
+        thread waits here until the pool is closed, then gets a process that
+        exits at once."""
         args = list(kwds["args"])
         initargs = args[3]
         status = new_status()
         args[3] = tuple(initargs[:-1]) + (status,)
         kwds = dict(kwds, args=tuple(args))
         with self.changed:
-            while self.restarting:
-                self.changed.wait()
+            while self.restarting or (self.broken is not None and self._running()):
+                self.changed.wait(_POLL)
+            if self.broken is not None:
+                return cast("Worker", (ctx or self.ctx).Process(target=_exit))
             p: Worker = (ctx or self.ctx).Process(**kwds)
             self.workers[p] = status
         return p
+
+    def _running(self) -> bool:
+        pool = self.pool() if self.pool is not None else None
+        return pool is not None and pool._state == _mp_pool.RUN
 
     def start(self, pool: SharedArrayPool) -> None:
         self.pool = weakref.ref(pool)
@@ -141,6 +178,10 @@ class Supervisor(object):
                          if p._popen is not None and p._popen.returncode is not None]
                 for p, _ in ended:
                     del self.workers[p]
+                if any(s[STATE] != STARTING for s in self.workers.values()):
+                    self.start_deaths = 0  # a worker got through its start-up
+            if self.broken is not None:
+                self._fail_new_calls(pool)
             # Those sure to hold a lock first: they release it, so that the
             # others' locks are not taken for orphaned.
             ended.sort(key=lambda ps: int(ps[1][STATE]) in (WAITING, RECEIVED, RUNNING))
@@ -154,8 +195,11 @@ class Supervisor(object):
         """Answer for a worker that ended; True if the pool restarted."""
         # returncode is read, never polled: Pool's own thread reaps the worker,
         # and two pollers of one forkserver child would race for its status.
-        state, job, index = (int(v) for v in status)
+        state, job, index = (int(v) for v in status[:ERROR])
         code = p._popen.returncode
+        if state == STARTING:
+            self._start_death(pool, p, code, recorded_error(status))
+            return False
         torn = state == READING or (state == SENDING and not _arrives(pool, (job, index)))
         # A death just after taking or just before leaving a queue's lock leaves
         # the status one step behind: the lock may be held by nobody alive.
@@ -174,6 +218,31 @@ class Supervisor(object):
             error = WorkerDied(_describe(p.pid, code, state, False), p.pid, code)
             _deliver(pool, job, index, error)
         return False
+
+    def _start_death(self, pool: SharedArrayPool, p: Worker, code: Optional[int],
+                     error: str) -> None:
+        """A worker died before its first task: after a few in a row, break
+        the pool (Pool would replace them forever, its calls waiting)."""
+        self.start_deaths += 1
+        if self.start_deaths < _START_DEATHS or self.broken is not None:
+            return
+        message = ("shmpool: %d workers of the pool in a row died before their first "
+                   "task, so the pool cannot run tasks; the last (pid %d) %s"
+                   % (self.start_deaths, p.pid, _how(code)))
+        message += (":\n" + error.rstrip()) if error else (
+            " (it left no error: an initializer that could not be unpickled "
+            "says why on the worker's stderr)")
+        with self.changed:
+            self.broken = WorkerDied(message, p.pid, code)
+        pool._inqueue.stop()  # no worker will read them
+        self._fail_new_calls(pool)
+
+    def _fail_new_calls(self, pool: SharedArrayPool) -> None:
+        jobs = [job for job in list(pool._cache) if job not in self._failed]
+        if jobs:
+            self._failed.update(jobs)
+            pool._quick_get.call_soon(functools.partial(
+                _fail, pool._cache, jobs, cast(WorkerDied, self.broken)))
 
     def _orphaned(self, lock: Any, claims: Tuple[int, ...]) -> bool:
         """Whether ``lock`` stays held while no live worker's status claims it."""
@@ -237,14 +306,21 @@ def _release(lock: Any) -> None:  # a lock, or None
         pass  # it had released it already (or the platform has no lock)
 
 
-def _describe(pid: int, code: Optional[int], state: int, restart: bool) -> str:
+def _exit() -> None:
+    """What a process made for a broken pool runs: nothing."""
+
+
+def _how(code: Optional[int]) -> str:
     if code is not None and code < 0:
         try:
-            how = "was killed by signal %d (%s)" % (-code, signal.Signals(-code).name)
+            return "was killed by signal %d (%s)" % (-code, signal.Signals(-code).name)
         except ValueError:
-            how = "was killed by signal %d" % -code
-    else:
-        how = "exited with code %s" % code
+            return "was killed by signal %d" % -code
+    return "exited with code %s" % code
+
+
+def _describe(pid: int, code: Optional[int], state: int, restart: bool) -> str:
+    how = _how(code)
     what = {WAITING: "while waiting for a task", RECEIVED: "while running this task",
             RUNNING: "while running this task",
             READING: "while reading a task off the pool's queue",

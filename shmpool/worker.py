@@ -10,11 +10,13 @@ import multiprocessing.connection
 import os
 import threading
 import time
+import traceback
 from collections.abc import Mapping
+from multiprocessing.reduction import ForkingPickler
 from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Tuple,
                     Union)
 
-from . import _compat, memory, ndarrays, queues, registry
+from . import _compat, memory, ndarrays, queues, registry, supervisor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -57,13 +59,47 @@ class ArrayMap(_Mapping):
 arrays = ArrayMap()
 
 
+class Deferred(object):
+    """An object that a spawn or forkserver worker unpickles only when asked:
+    in ``initialize``, which can report the failure (unpickled with the
+    process, a failure would end it before any of its code ran)."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj, self._data = obj, None  # type: Tuple[Any, Optional[bytes]]
+
+    def __reduce__(self) -> Tuple[Callable[[bytes], Deferred], Tuple[bytes]]:
+        return _deferred, (bytes(ForkingPickler.dumps(self._obj)),)
+
+    def load(self) -> Any:
+        return self._obj if self._data is None else ForkingPickler.loads(self._data)
+
+
+def _deferred(data: bytes) -> Deferred:
+    d = Deferred(None)
+    d._data = data
+    return d
+
+
 def initialize(registry_block: npt.NDArray[np.uint8], shared: Mapping[str, npt.NDArray[Any]],
                initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
                parent: int, status: Optional[npt.NDArray[np.int64]]) -> None:
     """The pool's worker initializer: map the pool's shared arrays and publish
     them as ``shmpool.arrays``, watch the parent, then run the user's own
-    initializer.  (``shared``, the arrays shared when the pool started, has
-    arrived already: unpickling it mapped them.)"""
+    initializer (given as ``Deferred((initializer, initargs))`` by a pool).
+    (``shared``, the arrays shared when the pool started, has arrived
+    already: unpickling it mapped them.)  An error that ends the worker here
+    is kept in its status block, for the parent."""
+    try:
+        _initialize(registry_block, initializer, initargs, parent, status)
+    except BaseException:
+        if status is not None:
+            supervisor.record_error(status, traceback.format_exc())
+        raise
+
+
+def _initialize(registry_block: npt.NDArray[np.uint8],
+                initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
+                parent: int, status: Optional[npt.NDArray[np.int64]]) -> None:
     if status is not None:
         queues.status = memoryview(status)  # faster to set than the ndarray
     table = registry.View(registry_block, arrays)
@@ -76,6 +112,8 @@ def initialize(registry_block: npt.NDArray[np.uint8], shared: Mapping[str, npt.N
         if where is not None:
             memory.populate(where[0])
     _watch_parent(parent, table)
+    if isinstance(initializer, Deferred):
+        initializer, initargs = initializer.load()
     if initializer is not None:
         initializer(*initargs)
 

@@ -54,6 +54,28 @@ def total(name):
     return float(shmpool.arrays[name].sum())
 
 
+def fail_at_start():
+    raise ValueError("no start-up here")
+
+
+def kill_at_start():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def not_unpickled_here():
+    raise ValueError("not unpickled here")
+
+
+class UnpicklableInWorker(object):
+    """A callable that pickles, but cannot be unpickled."""
+
+    def __call__(self, _=None):
+        return "called"
+
+    def __reduce__(self):
+        return not_unpickled_here, ()
+
+
 def length(data):
     return len(data)
 
@@ -224,6 +246,47 @@ class ReliabilityCases(StartMethodCases):
             for p in pool._pool:
                 p.kill()  # (after a hang)
                 p.join(5)
+
+    @pytest.mark.parametrize("initializer,match", [
+        (fail_at_start, r"(?s)exited with code 1.*fail_at_start.*ValueError: no start-up here"),
+        (kill_at_start, r"killed by signal 9 \(SIGKILL\)"),
+        (UnpicklableInWorker(), r"(?s)exited with code 1.*ValueError: not unpickled here"),
+    ], ids=["raises", "sigkill", "unpicklable"])
+    def test_workers_dying_at_start_fail_calls(self, initializer, match):
+        if self.start_method == "fork" and isinstance(initializer, UnpicklableInWorker):
+            pytest.skip("fork does not pickle the initializer")
+        start = time.monotonic()
+        with self.pool(2) as healthy:  # how long workers take to start, here and now
+            healthy.apply(square, (1,))
+        startup = time.monotonic() - start
+        pool = self.pool(2, initializer=initializer)
+        try:
+            start = time.monotonic()
+            waiting = pool.map_async(square, range(10))
+            with pytest.raises(WorkerDied, match="died before their first task"):
+                pool.map(square, range(10))
+            assert time.monotonic() - start < startup + 2
+            with pytest.raises(WorkerDied, match=match):
+                waiting.get(1)
+            with pytest.raises(WorkerDied, match=match):
+                pool.apply_async(square, (2,)).get(1)  # a new call
+            with pytest.raises(WorkerDied, match=match):
+                list(pool.imap_unordered(square, range(3)))
+            pool.close()
+            closing = threading.Thread(target=pool.join, daemon=True)
+            closing.start()
+            closing.join(10)
+            assert not closing.is_alive(), "join() hung"
+        finally:
+            pool.terminate()
+
+    def test_task_function_not_unpickled_fails_its_call(self):
+        with self.pool(2) as pool:
+            with pytest.raises(ValueError, match="not unpickled here"):
+                pool.map(UnpicklableInWorker(), range(10))
+            with pytest.raises(ValueError, match="not unpickled here"):
+                pool.apply_async(UnpicklableInWorker()).get(10)
+            assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
 
     def test_idle_workers_killed(self):
         with self.pool(2) as pool:
