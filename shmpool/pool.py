@@ -144,6 +144,16 @@ class SharedArrayPool(_Pool):
             self._registry.publish(arrays)
             self.arrays._arrays = arrays
 
+    def join(self) -> None:
+        """As ``Pool.join``; the pool's monitor thread ends too."""
+        super(SharedArrayPool, self).join()
+        self._supervisor.stop()
+
+    def terminate(self) -> None:
+        """As ``Pool.terminate``; the pool's monitor thread ends too."""
+        super(SharedArrayPool, self).terminate()
+        self._supervisor.stop()
+
     def _check_sharing(self) -> None:
         if self._state != _mp_pool.RUN:
             raise ValueError("shmpool: the pool is closed; it can no longer share "

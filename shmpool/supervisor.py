@@ -163,13 +163,20 @@ class Supervisor(object):
 
     def start(self, pool: SharedArrayPool) -> None:
         self.pool = weakref.ref(pool)
-        t = threading.Thread(target=self._watch, name="shmpool-supervisor")
-        t.daemon = True
-        t.start()
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="shmpool-supervisor")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def stop(self) -> None:
+        """End the monitor thread (the pool has been joined or terminated:
+        no worker is left to answer for), and wait for it."""
+        self._stopping.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
 
     def _watch(self) -> None:
-        while True:
-            time.sleep(_POLL)
+        while not self._stopping.wait(_POLL):
             pool = cast("weakref.ref[SharedArrayPool]", self.pool)()  # start() set it
             if pool is None or pool._state == _mp_pool.TERMINATE:
                 return

@@ -288,6 +288,24 @@ class ReliabilityCases(StartMethodCases):
                 pool.apply_async(UnpicklableInWorker()).get(10)
             assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
 
+    def test_no_monitor_thread_after_join_or_terminate(self):
+        # (Python 3.12+ warns of a fork from a process with threads.)
+        def monitors():
+            return {t for t in threading.enumerate() if t.name == "shmpool-supervisor"}
+
+        before = monitors()
+        pool = self.pool(2)
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        assert monitors() - before, "no monitor thread to look for"
+        pool.close()
+        pool.join()
+        assert not monitors() - before
+        with self.pool(2) as pool:
+            assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        assert not monitors() - before
+        self.pool(1).terminate()
+        assert not monitors() - before
+
     def test_idle_workers_killed(self):
         with self.pool(2) as pool:
             pids = set(pool.map(pid, range(8), chunksize=1))
