@@ -210,16 +210,17 @@ class Supervisor(object):
         torn = state == READING or (state == SENDING and not _arrives(pool, (job, index)))
         # A death just after taking or just before leaving a queue's lock leaves
         # the status one step behind: the lock may be held by nobody alive.
+        # (SENT too: just released, the lock may be another worker's already.)
         unsure = ((state in (WAITING, RECEIVED) and self._orphaned(
                       pool._inqueue._rlock, (LOCKED, READING, RECEIVED)))
-                  or (state == RUNNING and self._orphaned(
+                  or (state in (RUNNING, SENT) and self._orphaned(
                       pool._outqueue._wlock, (SENDING, SENT))))
         if torn or unsure:
             self._restart(pool, WorkerDied(_describe(p.pid, code, state, True), p.pid, code))
             return True
         if state == LOCKED:
             _release(pool._inqueue._rlock)
-        elif state in (SENDING, SENT):
+        elif state == SENDING:
             _release(pool._outqueue._wlock)  # it died after writing a whole result
         if state in (RECEIVED, RUNNING):
             error = WorkerDied(_describe(p.pid, code, state, False), p.pid, code)
@@ -331,7 +332,8 @@ def _describe(pid: int, code: Optional[int], state: int, restart: bool) -> str:
     what = {WAITING: "while waiting for a task", RECEIVED: "while running this task",
             RUNNING: "while running this task",
             READING: "while reading a task off the pool's queue",
-            SENDING: "while writing a result into the pool's queue"}[state]
+            SENDING: "while writing a result into the pool's queue",
+            SENT: "just after writing a result into the pool's queue"}[state]
     message = "shmpool: a worker of the pool (pid %d) %s %s" % (pid, how, what)
     if restart:
         message += ("; the pool's queues cannot be trusted after that, so every "

@@ -54,6 +54,59 @@ def total(name):
     return float(shmpool.arrays[name].sum())
 
 
+_role = None
+
+
+class _DieAfterRelease(object):
+    """A result queue lock whose holder, playing "a", dies just after releasing
+    it, once "b" holds it (so its status stays SENT)."""
+
+    def __init__(self, lock, flags):
+        self._lock, self._flags = lock, flags
+
+    def __enter__(self):
+        self._lock.acquire()
+
+    def __exit__(self, *exc):
+        if _role == "c":
+            os._exit(9)  # holding the lock, status SENT
+        self._lock.release()
+        if _role == "a":
+            self._flags[0] = 1  # released
+            deadline = time.monotonic() + 10
+            while self._flags[1] == 0 and time.monotonic() < deadline:
+                pass
+            os._exit(9)
+
+
+def arm_sent_death():
+    """Initializer: the result queue's lock dies with "a" (above); "b" holds
+    it 1.5 s while writing its result."""
+    flags = shmpool.arrays["flags"]
+    for q in gc.get_objects():
+        if isinstance(q, queues.ResultQueue):
+            q._wlock = _DieAfterRelease(q._wlock, flags)
+            send_bytes = q._writer.send_bytes
+
+            def slow_send(data, _send=send_bytes):
+                if _role == "b":
+                    flags[1] = 1  # holds the lock
+                    time.sleep(1.5)
+                return _send(data)
+            q._writer.send_bytes = slow_send
+
+
+def play(role):
+    global _role
+    _role = role
+    flags = shmpool.arrays["flags"]
+    if role == "b":  # write after "a" has released the lock
+        deadline = time.monotonic() + 10
+        while flags[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    return role
+
+
 def fail_at_start():
     raise ValueError("no start-up here")
 
@@ -305,6 +358,36 @@ class ReliabilityCases(StartMethodCases):
         assert not monitors() - before
         self.pool(1).terminate()
         assert not monitors() - before
+
+    def test_death_after_releasing_the_result_lock_leaves_the_next_writer_its_lock(self):
+        # Worker a dies just after releasing the result queue's lock (status
+        # still SENT); worker b has taken it and is writing.  The lock must
+        # stay b's, or a third writer could interleave its frames with b's.
+        flags = shmpool.zeros(2, np.int64)
+        with self.pool(2, initializer=arm_sent_death, arrays={"flags": flags}) as pool:
+            b = pool.apply_async(play, ("b",))
+            a = pool.apply_async(play, ("a",))
+            assert a.get(10) == "a"
+            deadline = time.monotonic() + 10
+            while flags[1] == 0:
+                assert time.monotonic() < deadline, "b never took the lock"
+                time.sleep(0.01)
+            time.sleep(0.6)  # a is dead, and the supervisor has seen it
+            lock = pool._outqueue._wlock._semlock
+            assert lock._get_value() == 0, "b's lock was released under it"
+            assert b.get(10) == "b"
+            assert pool.map(square, range(10)) == [i * i for i in range(10)]
+
+    def test_death_holding_the_result_lock_after_sending(self):
+        # Whose is the lock, the dead worker's or the next writer's?  Unsure:
+        # the pool restarts, and works after.
+        flags = shmpool.zeros(2, np.int64)
+        with self.pool(2, initializer=arm_sent_death, arrays={"flags": flags}) as pool:
+            assert pool.apply_async(play, ("c",)).get(10) == "c"  # written whole
+            sleeping = pool.apply_async(time.sleep, (5,))
+            with pytest.raises(WorkerDied, match="just after writing a result"):
+                sleeping.get(5)
+            assert pool.map(square, range(10)) == [i * i for i in range(10)]
 
     def test_idle_workers_killed(self):
         with self.pool(2) as pool:
