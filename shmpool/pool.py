@@ -33,6 +33,7 @@ runs in every replacement worker, so they get the arrays too).
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import os
 import threading
@@ -151,6 +152,8 @@ class SharedArrayPool(_Pool):
 
     def terminate(self) -> None:
         """As ``Pool.terminate``; the pool's monitor thread ends too."""
+        for result in list(self._cache.values()):
+            supervisor.stop_tasks(result)  # (else the task thread may wait for good)
         super(SharedArrayPool, self).terminate()
         self._supervisor.stop()
 
@@ -247,31 +250,35 @@ class SharedArrayPool(_Pool):
 
     @overload
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-             chunksize: Optional[int] = 1, *,
+             chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
              progress: Literal[False, None] = None) -> IMapIterator[_T]: ...
     @overload
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-             chunksize: Optional[int] = 1, *, progress: ProgressSpec) -> Iterator[_T]: ...
+             chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
+             progress: ProgressSpec) -> Iterator[_T]: ...
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-             chunksize: Optional[int] = 1, *, progress: ProgressSpec = None) -> Iterator[_T]:
-        """As ``Pool.imap``, with ``progress`` as for ``map``."""
+             chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
+             progress: ProgressSpec = None) -> Iterator[_T]:
+        """As ``Pool.imap`` (``buffersize`` where Pool takes it: Python 3.16+),
+        with ``progress`` as for ``map``."""
         return self._iterated(super(SharedArrayPool, self).imap, func, iterable,
-                              chunksize, progress, "imap")
+                              chunksize, buffersize, progress, "imap")
 
     @overload
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-                       chunksize: Optional[int] = 1, *,
+                       chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
                        progress: Literal[False, None] = None) -> IMapIterator[_T]: ...
     @overload
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-                       chunksize: Optional[int] = 1, *,
+                       chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
                        progress: ProgressSpec) -> Iterator[_T]: ...
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-                       chunksize: Optional[int] = 1, *,
+                       chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
                        progress: ProgressSpec = None) -> Iterator[_T]:
-        """As ``Pool.imap_unordered``, with ``progress`` as for ``map``."""
+        """As ``Pool.imap_unordered``, with ``buffersize`` and ``progress`` as
+        for ``imap``."""
         return self._iterated(super(SharedArrayPool, self).imap_unordered, func,
-                              iterable, chunksize, progress, "imap_unordered")
+                              iterable, chunksize, buffersize, progress, "imap_unordered")
 
     def _mapped(self, func: Callable[..., _T], iterable: Iterable[Any],
                 mapper: Callable[..., Any], chunksize: Optional[int],
@@ -286,12 +293,44 @@ class SharedArrayPool(_Pool):
     @staticmethod
     def _iterated(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
                   iterable: Iterable[Any], chunksize: Optional[int],
-                  progress_spec: ProgressSpec, desc: str) -> Iterator[_T]:
-        results = imap(pickling.portable(func), iterable, chunksize)
+                  buffersize: Optional[int], progress_spec: ProgressSpec,
+                  desc: str) -> Iterator[_T]:
+        results = _buffered(imap, pickling.portable(func), iterable, chunksize, buffersize)
         if not progress_spec:
             return results
         total = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
         return progress.iterate(results, total, progress_spec, desc)
+
+
+_BUFFERSIZE = "buffersize" in inspect.signature(_mp_pool.Pool.imap).parameters
+
+
+def _buffered(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
+              iterable: Iterable[Any], chunksize: Optional[int],
+              buffersize: Optional[int]) -> Iterator[_T]:
+    """Pool's ``imap`` (or ``imap_unordered``), with ``buffersize`` when given:
+    then its task thread waits for room before each task, so the iterable is
+    read through a ``supervisor.Stoppable`` kept on the iterator, which a pool
+    restart stops (see ``supervisor._end``).  Chunks are made here for that,
+    as Pool makes them."""
+    if buffersize is None:
+        return imap(func, iterable, chunksize)
+    if not _BUFFERSIZE:
+        raise TypeError("shmpool: buffersize needs a Python whose Pool.imap takes it "
+                        "(3.16+)")
+    if cast(int, chunksize) < 1:
+        raise ValueError("Chunksize must be 1+, not {0!r}".format(chunksize))
+    items = supervisor.Stoppable(iterable)
+    if chunksize == 1:
+        result = imap(func, items, 1, buffersize)
+    else:
+        result = imap(_mp_pool.mapstar,  # type: ignore[attr-defined]  # not in typeshed
+                      _mp_pool.Pool._get_tasks(func, items, chunksize),  # type: ignore[attr-defined]
+                      1, buffersize)
+    result._stoppable = items  # type: ignore[attr-defined]  # for supervisor._end
+    if chunksize == 1:
+        return result
+    return (item for chunk in cast("Iterator[List[_T]]", result) for item in chunk)
 
 
 def _interruptible_get(result: ApplyResult[_T]) -> _T:

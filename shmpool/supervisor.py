@@ -39,8 +39,8 @@ import traceback
 import time
 import weakref
 from multiprocessing import pool as _mp_pool
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Set, Tuple,
-                    Type, cast)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Set,
+                    Tuple, Type, cast)
 
 import numpy as np
 
@@ -384,6 +384,18 @@ def _end(cache: Dict[int, Pending], job: int, result: Pending, error: BaseExcept
         result._cache = _Forgetful()
         result.__class__ = _EndedIterator  # type: ignore[assignment]  # an IMapIterator still
         result._cond.notify()
+    stop_tasks(result)
+
+
+def stop_tasks(result: Any) -> None:
+    """(3.16+ ``buffersize``) Pool's task thread may wait for room to send the
+    next task of ``result``, an imap iterator: stop its iterable, then let the
+    thread go, to find it ended."""
+    items = getattr(result, "_stoppable", None)
+    room = getattr(result, "_backpressure_sema", None)
+    if isinstance(items, Stoppable) and room is not None:
+        items.stopped = True
+        room.release()
 
 
 class _EndedIterator(_mp_pool.IMapIterator):  # type: ignore[type-arg]  # any result type
@@ -396,6 +408,26 @@ class _EndedIterator(_mp_pool.IMapIterator):  # type: ignore[type-arg]  # any re
 
     def _set_length(self, length: int) -> None:
         pass
+
+
+class Stoppable(object):
+    """An iterator over ``iterable`` (made at first use, as Pool would) that
+    ends early once ``stopped``."""
+
+    def __init__(self, iterable: Iterable[Any]) -> None:
+        self._iterable: Optional[Iterable[Any]] = iterable
+        self._it: Optional[Iterator[Any]] = None
+        self.stopped = False
+
+    def __iter__(self) -> Stoppable:
+        return self
+
+    def __next__(self) -> Any:
+        if self.stopped:
+            raise StopIteration
+        if self._it is None:
+            self._it, self._iterable = iter(cast("Iterable[Any]", self._iterable)), None
+        return next(self._it)
 
 
 class _Forgetful(Dict[int, Any]):

@@ -4,6 +4,9 @@ once, run under each start method by test_fork/spawn/forkserver."""
 import collections
 import ctypes
 import gc
+import inspect
+import itertools
+import multiprocessing
 import os
 import random
 import signal
@@ -13,10 +16,13 @@ import sys
 import threading
 import time
 
+from multiprocessing.pool import IMapIterator, Pool
+
 import numpy as np
 import pytest
 
 import shmpool
+import shmpool.pool
 from shmpool import WorkerDied, queues, supervisor, worker
 
 from conftest import HERE, StartMethodCases, file_in_use, process_alive
@@ -169,6 +175,53 @@ def arm_tears():
 
 
 class ReliabilityCases(StartMethodCases):
+
+    @pytest.fixture
+    def pool_with_buffersize(self, monkeypatch):
+        """Where this Python's Pool.imap and imap_unordered lack ``buffersize``
+        (before 3.16), a stand-in with its back-pressure: the task thread waits
+        for room (processes + buffersize tasks not yet consumed) before each task,
+        and taking an item off the iterator makes room for one."""
+        if "buffersize" in inspect.signature(Pool.imap).parameters:
+            return
+
+        def lazy(original):
+            def imap(self, func, iterable, chunksize=1, buffersize=None):
+                if buffersize is None:
+                    return original(self, func, iterable, chunksize)
+                room = threading.Semaphore(self._processes + buffersize)
+
+                def gated(it=iter(iterable)):
+                    while True:
+                        room.acquire()
+                        try:
+                            item = next(it)
+                        except StopIteration:
+                            return
+                        yield item
+                result = original(self, func, gated(), chunksize)
+                result._backpressure_sema = room
+                return result
+            return imap
+
+        def next_making_room(self, timeout=None, _next=IMapIterator.next):
+            try:
+                item = _next(self, timeout)
+            except (StopIteration, multiprocessing.TimeoutError):
+                raise
+            except BaseException:
+                self._backpressure_sema.release()
+                raise
+            self._backpressure_sema.release()
+            return item
+
+        monkeypatch.setattr(Pool, "imap", lazy(Pool.imap))
+        monkeypatch.setattr(Pool, "imap_unordered", lazy(Pool.imap_unordered))
+        monkeypatch.setattr(IMapIterator, "_backpressure_sema", None, raising=False)
+        monkeypatch.setattr(IMapIterator, "next", next_making_room)
+        monkeypatch.setattr(IMapIterator, "__next__", next_making_room)
+        monkeypatch.setattr(shmpool.pool, "_BUFFERSIZE", True)
+
 
     @pytest.mark.parametrize("how,match", [
         ("exit", "exited with code 3"),
@@ -388,6 +441,47 @@ class ReliabilityCases(StartMethodCases):
             with pytest.raises(WorkerDied, match="just after writing a result"):
                 sleeping.get(5)
             assert pool.map(square, range(10)) == [i * i for i in range(10)]
+
+    def test_imap_takes_buffersize_where_pool_does(self):
+        for name in ("imap", "imap_unordered"):
+            base = inspect.signature(getattr(Pool, name)).parameters
+            ours = inspect.signature(getattr(shmpool.SharedArrayPool, name)).parameters
+            assert list(ours)[:5] == ["self", "func", "iterable", "chunksize", "buffersize"]
+            assert ours["buffersize"].default is None
+        with self.pool(2) as pool:
+            assert list(pool.imap(square, range(5), 2, None)) == [0, 1, 4, 9, 16]
+            if "buffersize" not in base:
+                with pytest.raises(TypeError, match="buffersize"):
+                    pool.imap(square, range(5), buffersize=2)
+
+    @pytest.mark.timeout(60)
+    def test_iterator_ended_by_restart_leaves_no_task_thread_waiting(
+            self, pool_with_buffersize):
+        tears = shmpool.zeros(1, np.int64)
+        with self.pool(2, initializer=arm_tears, arrays={"tears": tears}) as pool:
+            assert list(pool.imap(square, range(9), buffersize=1)) == [i * i for i in range(9)]
+            assert sorted(pool.imap_unordered(square, range(9), 2, buffersize=1)) == [
+                i * i for i in range(9)]
+            for chunksize in (1, 3):
+                endless = pool.imap(square, itertools.count(), chunksize, buffersize=2)
+                assert [next(endless) for _ in range(6)] == [i * i for i in range(6)]
+                time.sleep(0.3)  # the task thread waits for room
+                tears[0] = 1  # the next task read tears the queue: the pool restarts
+                with pytest.raises(WorkerDied, match="while reading a task off"):
+                    for _ in endless:
+                        pass
+                result = pool.map_async(square, range(10))  # the task thread sends it
+                assert result.get(10) == [i * i for i in range(10)]
+
+    def test_terminate_with_an_unread_buffered_imap(self, pool_with_buffersize):
+        pool = self.pool(2)
+        endless = pool.imap_unordered(square, itertools.count(), buffersize=1)
+        assert next(endless) is not None
+        time.sleep(0.3)  # the task thread waits for room
+        terminating = threading.Thread(target=pool.terminate, daemon=True)
+        terminating.start()
+        terminating.join(10)
+        assert not terminating.is_alive(), "terminate() hung"
 
     def test_idle_workers_killed(self):
         with self.pool(2) as pool:
