@@ -196,11 +196,13 @@ class SharedArrayPool(_Pool):
         # blocked writing can finish; but a worker may hold that lock for
         # good, and reading without it starts mid-frame.  Here the task thread
         # stops writing instead (its pipe end never blocks: see queues), and
-        # the workers are terminated next, with whatever the pipe holds.
+        # the workers are terminated next, with whatever the pipe holds; the
+        # lock, if it comes at once, keeps them from taking more meanwhile.
         if not _compat.PIPE_FDS:
             _mp_pool.Pool._help_stuff_finish(  # type: ignore[attr-defined]  # not in typeshed
                 inqueue, task_handler, size)
         inqueue.stop()
+        inqueue._rlock.acquire(timeout=0.1)
 
     def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}) -> _T:
