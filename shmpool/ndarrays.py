@@ -64,8 +64,11 @@ def copy(a: npt.ArrayLike) -> npt.NDArray[Any]:
     """A C-contiguous copy of ``a`` on process-shared memory, with the same dtype
     and values (``a`` may be any array-like: non-contiguous, read-only,
     big-endian, a memmap)."""
-    a = np.asanyarray(a)
-    out = empty(a.shape, a.dtype)
+    return _copy(np.asanyarray(a), "C")
+
+
+def _copy(a: npt.NDArray[Any], order: Order) -> npt.NDArray[Any]:
+    out = empty(a.shape, a.dtype, order)
     np.copyto(out, a, casting="no")
     return out
 
@@ -135,6 +138,8 @@ def _checked(shape: Any, dtype: npt.DTypeLike,
         except TypeError:
             raise TypeError("shmpool: shape must be an int or a sequence of ints, "
                             "not %r" % (shape,)) from None
+    if dtype.subdtype is not None:  # float64 of shape (3,): 3 more float64, as numpy
+        dtype, shape = dtype.base, shape + dtype.shape
     if any(n < 0 for n in shape):
         raise ValueError("shmpool: negative dimensions are not allowed: %r" % (shape,))
     nbytes = dtype.itemsize
@@ -174,12 +179,13 @@ def checked_items(
 def shared_mapping(
         arrays: Optional[Mapping[str, npt.NDArray[Any]]]) -> Dict[str, npt.NDArray[Any]]:
     """``arrays=`` of a pool or executor, checked, with each array on shared
-    memory: already there, as it is; else copied once.  A failure leaves
-    nothing allocated behind."""
+    memory: already there, as it is; else copied once, a Fortran-order array
+    in Fortran order.  A failure leaves nothing allocated behind."""
     shared: Dict[str, npt.NDArray[Any]] = {}
     for name, a in checked_items(arrays):
+        fortran = a.flags.f_contiguous and not a.flags.c_contiguous
         try:
-            shared[name] = a if is_shared(a) else copy(a)
+            shared[name] = a if is_shared(a) else _copy(a, "F" if fortran else "C")
         except (ValueError, MemoryError) as e:
             raise type(e)("arrays[%r]: %s" % (name, e)) from None
     return shared

@@ -33,15 +33,15 @@ runs in every replacement worker, so they get the arrays too).
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import os
 import threading
-import time
 from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sized, cast, overload)
 
-from . import ndarrays, pickling, progress, queues, registry, supervisor, worker
+from . import _compat, ndarrays, pickling, progress, queues, registry, supervisor, worker
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -108,7 +108,8 @@ class SharedArrayPool(_Pool):
         # worker's own status block and whether it pre-faults the arrays.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            (self._registry.block, registry.carried(self.arrays), initializer, initargs,
+            (self._registry.block, registry.carried(self.arrays),
+             worker.Deferred((initializer, initargs)), (),
              os.getpid(), self._supervisor),
             maxtasksperchild, context)
         self._supervisor.start(self)
@@ -149,6 +150,18 @@ class SharedArrayPool(_Pool):
             self._registry.publish(arrays)
             self.arrays._arrays = arrays
 
+    def join(self) -> None:
+        """As ``Pool.join``; the pool's monitor thread ends too."""
+        super(SharedArrayPool, self).join()
+        self._supervisor.stop()
+
+    def terminate(self) -> None:
+        """As ``Pool.terminate``; the pool's monitor thread ends too."""
+        for result in list(self._cache.values()):
+            supervisor.stop_tasks(result)  # (else the task thread may wait for good)
+        super(SharedArrayPool, self).terminate()
+        self._supervisor.stop()
+
     def _check_sharing(self) -> None:
         if self._state != _mp_pool.RUN:
             raise ValueError("shmpool: the pool is closed; it can no longer share "
@@ -182,14 +195,17 @@ class SharedArrayPool(_Pool):
     @staticmethod
     def _help_stuff_finish(inqueue: queues.TaskQueue, task_handler: threading.Thread,
                            size: int) -> None:
-        # As Pool._help_stuff_finish (3.8 to 3.13; 3.7 drains alike): drop the
-        # tasks still queued, as bytes, for they are framed (see TaskQueue.send).
-        # Not forever for the lock: a worker killed holding it would hang
-        # terminate() (the supervisor releases it, but may be just too late).
-        inqueue._rlock.acquire(timeout=1.0)
-        while task_handler.is_alive() and inqueue._reader.poll():
-            inqueue._reader.recv_bytes()
-            time.sleep(0)
+        # Pool's drains the task pipe, under its lock, so that a task thread
+        # blocked writing can finish; but a worker may hold that lock for
+        # good, and reading without it starts mid-frame.  Here the task thread
+        # stops writing instead (its pipe end never blocks: see queues), and
+        # the workers are terminated next, with whatever the pipe holds; the
+        # lock, if it comes at once, keeps them from taking more meanwhile.
+        if not _compat.PIPE_FDS:
+            _mp_pool.Pool._help_stuff_finish(  # type: ignore[attr-defined]  # not in typeshed
+                inqueue, task_handler, size)
+        inqueue.stop()
+        inqueue._rlock.acquire(timeout=0.1)
 
     def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] = {}) -> _T:
@@ -239,33 +255,37 @@ class SharedArrayPool(_Pool):
 
     @overload
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-             chunksize: Optional[int] = 1, *,
+             chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
              progress: Literal[False, None] = None) -> IMapIterator[_T]: ...
     @overload
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-             chunksize: Optional[int] = 1, *, progress: ProgressSpec) -> Iterator[_T]: ...
+             chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
+             progress: ProgressSpec) -> Iterator[_T]: ...
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-             chunksize: Optional[int] = 1, *, progress: ProgressSpec = None) -> Iterator[_T]:
-        """As ``Pool.imap``, with ``progress`` as for ``map``."""
+             chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
+             progress: ProgressSpec = None) -> Iterator[_T]:
+        """As ``Pool.imap`` (``buffersize`` where Pool takes it: Python 3.16+),
+        with ``progress`` as for ``map``."""
         return self._iterated(super(SharedArrayPool, self).imap,
-                              pickling.portable(func, self._ctx), iterable, chunksize,
-                              progress, "imap")
+                              pickling.portable(func, self._ctx), iterable,
+                              chunksize, buffersize, progress, "imap")
 
     @overload
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-                       chunksize: Optional[int] = 1, *,
+                       chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
                        progress: Literal[False, None] = None) -> IMapIterator[_T]: ...
     @overload
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-                       chunksize: Optional[int] = 1, *,
+                       chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
                        progress: ProgressSpec) -> Iterator[_T]: ...
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-                       chunksize: Optional[int] = 1, *,
+                       chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
                        progress: ProgressSpec = None) -> Iterator[_T]:
-        """As ``Pool.imap_unordered``, with ``progress`` as for ``map``."""
+        """As ``Pool.imap_unordered``, with ``buffersize`` and ``progress`` as
+        for ``imap``."""
         return self._iterated(super(SharedArrayPool, self).imap_unordered,
                               pickling.portable(func, self._ctx), iterable, chunksize,
-                              progress, "imap_unordered")
+                              buffersize, progress, "imap_unordered")
 
     def _mapped(self, func: Callable[..., _T], iterable: Iterable[Any],
                 mapper: Callable[..., Any], chunksize: Optional[int],
@@ -280,12 +300,44 @@ class SharedArrayPool(_Pool):
     @staticmethod
     def _iterated(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
                   iterable: Iterable[Any], chunksize: Optional[int],
-                  progress_spec: ProgressSpec, desc: str) -> Iterator[_T]:
-        results = imap(func, iterable, chunksize)
+                  buffersize: Optional[int], progress_spec: ProgressSpec,
+                  desc: str) -> Iterator[_T]:
+        results = _buffered(imap, func, iterable, chunksize, buffersize)
         if not progress_spec:
             return results
         total = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
         return progress.iterate(results, total, progress_spec, desc)
+
+
+_BUFFERSIZE = "buffersize" in inspect.signature(_mp_pool.Pool.imap).parameters
+
+
+def _buffered(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
+              iterable: Iterable[Any], chunksize: Optional[int],
+              buffersize: Optional[int]) -> Iterator[_T]:
+    """Pool's ``imap`` (or ``imap_unordered``), with ``buffersize`` when given:
+    then its task thread waits for room before each task, so the iterable is
+    read through a ``supervisor.Stoppable`` kept on the iterator, which a pool
+    restart stops (see ``supervisor._end``).  Chunks are made here for that,
+    as Pool makes them."""
+    if buffersize is None:
+        return imap(func, iterable, chunksize)
+    if not _BUFFERSIZE:
+        raise TypeError("shmpool: buffersize needs a Python whose Pool.imap takes it "
+                        "(3.16+)")
+    if cast(int, chunksize) < 1:
+        raise ValueError("Chunksize must be 1+, not {0!r}".format(chunksize))
+    items = supervisor.Stoppable(iterable)
+    if chunksize == 1:
+        result = imap(func, items, 1, buffersize)
+    else:
+        result = imap(_mp_pool.mapstar,  # type: ignore[attr-defined]  # not in typeshed
+                      _mp_pool.Pool._get_tasks(func, items, chunksize),  # type: ignore[attr-defined]
+                      1, buffersize)
+    result._stoppable = items  # type: ignore[attr-defined]  # for supervisor._end
+    if chunksize == 1:
+        return result
+    return (item for chunk in cast("Iterator[List[_T]]", result) for item in chunk)
 
 
 def _interruptible_get(result: ApplyResult[_T]) -> _T:

@@ -16,6 +16,8 @@ import io
 import os
 import select
 import struct
+import traceback
+from multiprocessing.pool import ExceptionWithTraceback  # type: ignore[attr-defined]  # not in typeshed
 from multiprocessing.queues import SimpleQueue
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
@@ -36,7 +38,12 @@ if TYPE_CHECKING:
         _rlock: Lock
         _wlock: Optional[Lock]
         _poll: Callable[..., bool]
+
+    class _MaybeEncodingError(Exception):  # (typeshed leaves it out)
+        exc: str
+        value: str
 else:
+    from multiprocessing.pool import MaybeEncodingError as _MaybeEncodingError
     _SimpleQueue = SimpleQueue
 
 #: In a worker, its status block, read by the parent's supervisor (a scratch
@@ -46,6 +53,9 @@ status = memoryview(bytearray(24)).cast("q")
 before_task: Optional[Callable[[], object]] = None
 
 _HEAD = struct.Struct("<qq")  # (job, index) before each task; (-1, -1) before None
+#: Before each result: job, index, and the size of what describes a task's
+#: exception (after this head), in case the parent cannot unpickle it.
+_RESULT_HEAD = struct.Struct("<qqq")
 _SIZE = struct.Struct("!i")  # multiprocessing.connection's frame header ...
 _LARGE = struct.Struct("!Q")  # ... and, after a size of -1, the size of a large one
 _TICK = 100  # ms: how often a waiting parent thread looks whether its pipe was renewed
@@ -74,12 +84,20 @@ class TaskQueue(_Queue):
     raises why (an exception here would end the worker loop, losing it)."""
 
     def _parent_end(self) -> None:
+        self.stopped = False
         if _compat.PIPE_FDS:
             os.set_blocking(self._writer.fileno(), False)
+
+    def stop(self) -> None:
+        """The pool is terminating: the parent's task thread drops the task it
+        is writing, within a tick, and writes no more."""
+        self.stopped = True
 
     def send(self, task: Optional[Tuple[Any, ...]]) -> None:
         """The parent's put: ``(job, index)`` first, so a worker knows which
         task it holds before it unpickles the rest."""
+        if self.stopped:
+            return
         buf = io.BytesIO()
         buf.write(_SIZE.pack(0))  # the frame's header, filled in below
         buf.write(_HEAD.pack(*task[:2]) if task is not None else _HEAD.pack(-1, -1))
@@ -90,7 +108,7 @@ class TaskQueue(_Queue):
             self._send_bytes(frame[_SIZE.size:])
             return
         _SIZE.pack_into(frame, 0, size)
-        while not _write(self, frame):
+        while not _write(self, frame) and not self.stopped:
             pass  # renewed midway: the whole task again, on the new pipe
 
     def _send_bytes(self, data: memoryview) -> None:
@@ -99,7 +117,7 @@ class TaskQueue(_Queue):
             self._writer.send_bytes(data)
             return
         head = memoryview(_SIZE.pack(-1) + _LARGE.pack(len(data)))
-        while not (_write(self, head) and _write(self, data)):
+        while not (_write(self, head) and _write(self, data)) and not self.stopped:
             pass  # (a restart midway: the whole task again)
 
     def get(self) -> Any:  # a Pool task, or None
@@ -118,6 +136,10 @@ class TaskQueue(_Queue):
         failures = reduction.tolerate()
         try:
             task = ForkingPickler.loads(memoryview(data)[_HEAD.size:])
+        except Exception as e:  # (a function this worker cannot import, say)
+            if state[JOB] < 0:
+                raise
+            return (state[JOB], state[INDEX], _raise, (e,), {})
         finally:
             reduction.tolerate(None)
         if failures and task is not None:
@@ -143,13 +165,47 @@ class ResultQueue(_Queue):
             os.set_blocking(self._reader.fileno(), False)
 
     def put(self, obj: Any) -> None:
+        """Put ``(job, index, (success, value))``, or None, after a head that
+        lets the parent fail that task if it cannot unpickle the rest."""
         state = status
-        data = ForkingPickler.dumps(obj)
+        job, index, about = (-1, -1, b"") if obj is None else (obj[0], obj[1], _about(obj[2]))
+        buf = io.BytesIO()
+        buf.write(_RESULT_HEAD.pack(job, index, len(about)))
+        buf.write(about)
+        ForkingPickler(buf).dump(obj)
+        data = buf.getbuffer()
         with self._wlock or _compat.nullcontext():
             state[STATE] = SENDING
             self._writer.send_bytes(data)
             state[STATE] = SENT
         state[STATE] = IDLE
+
+
+def _about(outcome: Tuple[bool, Any]) -> bytes:
+    """For a task's exception (as Pool's worker wraps it, with its traceback),
+    its class and traceback; for a value, nothing."""
+    success, error = outcome
+    if success:
+        return b""
+    exc = error.exc if isinstance(error, ExceptionWithTraceback) else error
+    text = "exception %s.%s raised by a task\n%s" % (
+        type(exc).__module__, type(exc).__qualname__,
+        getattr(error, "tb", None) or "".join(traceback.format_exception_only(type(exc), exc)))
+    return text.encode("utf-8", "backslashreplace")
+
+
+class RebuildError(_MaybeEncodingError):
+    """A task's result, or the exception it raised, could not be unpickled in
+    the parent: Pool's ``MaybeEncodingError``, the other way round."""
+
+    def __init__(self, what: str, reason: str, remote: str = "") -> None:
+        Exception.__init__(self, what, reason, remote)
+        self.value, self.exc, self.remote = what, reason, remote
+
+    def __str__(self) -> str:
+        return "shmpool: the parent could not rebuild the %s (%s)%s" % (
+            self.value, self.exc,
+            "; its traceback in the worker:\n" + self.remote if self.remote else "")
 
 
 class Receiver(object):
@@ -177,15 +233,22 @@ class Receiver(object):
                 self._calls.popleft()()
             data = (self._read_frame() if _compat.PIPE_FDS
                     else self.queue._reader.recv_bytes())
+        job, index, about = _RESULT_HEAD.unpack_from(data)
+        start = _RESULT_HEAD.size + about
         failures = reduction.tolerate()
         try:
-            result = ForkingPickler.loads(data)
+            result = ForkingPickler.loads(memoryview(data)[start:])
+        except Exception as e:  # (would end the result thread: every call would hang)
+            what, _, remote = bytes(data[_RESULT_HEAD.size:start]).decode().partition("\n")
+            reason = "".join(traceback.format_exception_only(type(e), e)).strip()
+            error = RebuildError(what or "result of a task", reason, remote)
+            result = (job, index, (False, error))
         finally:
             reduction.tolerate(None)
         if result is not None:
-            self.recent.append(result[:2])
+            self.recent.append((job, index))
             if failures:
-                result = (result[0], result[1], (False, failures[0]))
+                result = (job, index, (False, failures[0]))
         return result
 
     def _read_frame(self) -> Optional[bytearray]:
@@ -224,14 +287,16 @@ class Receiver(object):
 
 
 def _write(queue: TaskQueue, data: memoryview) -> bool:
-    """Write ``data`` whole; False if the queue was renewed before it was."""
+    """Write ``data`` whole; False if the queue was renewed or stopped before
+    it was."""
     writer = queue._writer
     fd = writer.fileno()
     while data:
         try:
             data = data[os.write(fd, data):]
         except BlockingIOError:
-            if not _wait(fd, select.POLLOUT) and queue._writer is not writer:
+            if not _wait(fd, select.POLLOUT) and (queue._writer is not writer
+                                                  or queue.stopped):
                 return False
         except BrokenPipeError:
             if queue._writer is not writer:

@@ -15,6 +15,11 @@ exit within a tenth of a second and, from the dead worker's last status:
                               if the lock stays held by no live worker, it
                               cannot be safely released: the pool restarts
     idle                      nothing was lost
+    starting                  (before its first task: the initializer raised,
+                              or could not be unpickled, or a signal) after
+                              a few such deaths in a row the pool is broken:
+                              every call, waiting or new, fails with the
+                              worker's error, and no more workers are made
 
 Workers retired by ``maxtasksperchild`` exit idle, so they are not deaths.
 
@@ -34,7 +39,8 @@ import traceback
 import time
 import weakref
 from multiprocessing import pool as _mp_pool
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Optional, Tuple, Type, cast
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Set,
+                    Tuple, Type, cast)
 
 import numpy as np
 
@@ -75,11 +81,16 @@ if TYPE_CHECKING:
 
         def _set(self, i: int, obj: Tuple[bool, Any]) -> None: ...
 
-# A worker's states, in the order it goes through them for each task.
-IDLE, WAITING, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT = range(8)
-STATE, JOB, INDEX = range(3)
+# A worker's states, in the order it goes through them for each task; it
+# starts in STARTING, until it first waits for a task.
+IDLE, WAITING, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT, STARTING = range(9)
+# The status block: these int64 slots, then from byte _TEXT on the error that
+# ended the worker's start-up, of ERROR bytes.
+STATE, JOB, INDEX, ERROR = range(4)
+_TEXT, _SIZE = 64, 4096
 
 _POLL = 0.1
+_START_DEATHS = 2  # deaths in a row before any task that break the pool
 
 
 class WorkerDied(RuntimeError):
@@ -95,8 +106,23 @@ class WorkerDied(RuntimeError):
 
 
 def new_status() -> npt.NDArray[np.int64]:
-    """A worker's status block: state, job, index."""
-    return ndarrays.zeros(3, np.int64)
+    """A worker's status block: state, job, index, and room for its start-up
+    error."""
+    status = ndarrays.zeros(_SIZE // 8, np.int64)
+    status[STATE] = STARTING
+    return status
+
+
+def record_error(status: npt.NDArray[np.int64], text: str) -> None:
+    """In a worker: keep ``text`` (its end, if too long) in its status block."""
+    data = text.encode("utf-8", "backslashreplace")[-(_SIZE - _TEXT):]
+    status.view(np.uint8)[_TEXT:_TEXT + len(data)] = np.frombuffer(data, np.uint8)
+    status[ERROR] = len(data)
+
+
+def recorded_error(status: npt.NDArray[np.int64]) -> str:
+    size = min(max(int(status[ERROR]), 0), _SIZE - _TEXT)
+    return status.view(np.uint8)[_TEXT:_TEXT + size].tobytes().decode("utf-8", "replace")
 
 
 class Supervisor(object):
@@ -112,11 +138,16 @@ class Supervisor(object):
         # The pool's arrays, which a forked worker inherits (weakly: a worker's
         # Process object may outlive the pool).
         self.inherited = weakref.ref(inherited) if inherited is not None else None
+        self.start_deaths = 0  # in a row
+        self.broken: Optional[WorkerDied] = None
+        self._failed: Set[int] = set()  # jobs failed since the pool broke
 
     def process(self, ctx: Any, kwds: Dict[str, Any]) -> Worker:
         """Make a worker process as Pool does, with a status block of its own
         (waiting while the pool restarts: a worker made then could get the
-        queues' old pipes)."""
+        queues' old pipes).  Once the pool is broken, none: Pool's worker
+        thread waits here until the pool is closed, then gets a process that
+        exits at once."""
         args = list(kwds["args"])
         initargs = args[3]
         status = new_status()
@@ -124,8 +155,10 @@ class Supervisor(object):
         args[3] = tuple(initargs[:-1]) + (status, self.pool is None)
         kwds = dict(kwds, args=tuple(args))
         with self.changed:
-            while self.restarting:
-                self.changed.wait()
+            while self.restarting or (self.broken is not None and self._running()):
+                self.changed.wait(_POLL)
+            if self.broken is not None:
+                return cast("Worker", (ctx or self.ctx).Process(target=_exit))
             p: Worker = (ctx or self.ctx).Process(**kwds)
             if self.inherited is not None and (ctx or self.ctx).get_start_method() == "fork":
                 # A forked worker lets go of its copy (worker.initialize).
@@ -133,15 +166,26 @@ class Supervisor(object):
             self.workers[p] = status
         return p
 
+    def _running(self) -> bool:
+        pool = self.pool() if self.pool is not None else None
+        return pool is not None and pool._state == _mp_pool.RUN
+
     def start(self, pool: SharedArrayPool) -> None:
         self.pool = weakref.ref(pool)
-        t = threading.Thread(target=self._watch, name="shmpool-supervisor")
-        t.daemon = True
-        t.start()
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(target=self._watch, name="shmpool-supervisor")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def stop(self) -> None:
+        """End the monitor thread (the pool has been joined or terminated:
+        no worker is left to answer for), and wait for it."""
+        self._stopping.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
 
     def _watch(self) -> None:
-        while True:
-            time.sleep(_POLL)
+        while not self._stopping.wait(_POLL):
             pool = cast("weakref.ref[SharedArrayPool]", self.pool)()  # start() set it
             if pool is None or pool._state == _mp_pool.TERMINATE:
                 return
@@ -150,6 +194,10 @@ class Supervisor(object):
                          if p._popen is not None and p._popen.returncode is not None]
                 for p, _ in ended:
                     del self.workers[p]
+                if any(s[STATE] != STARTING for s in self.workers.values()):
+                    self.start_deaths = 0  # a worker got through its start-up
+            if self.broken is not None:
+                self._fail_new_calls(pool)
             # Those sure to hold a lock first: they release it, so that the
             # others' locks are not taken for orphaned.
             ended.sort(key=lambda ps: int(ps[1][STATE]) in (WAITING, RECEIVED, RUNNING))
@@ -163,26 +211,55 @@ class Supervisor(object):
         """Answer for a worker that ended; True if the pool restarted."""
         # returncode is read, never polled: Pool's own thread reaps the worker,
         # and two pollers of one forkserver child would race for its status.
-        state, job, index = (int(v) for v in status)
+        state, job, index = (int(v) for v in status[:ERROR])
         code = p._popen.returncode
+        if state == STARTING:
+            self._start_death(pool, p, code, recorded_error(status))
+            return False
         torn = state == READING or (state == SENDING and not _arrives(pool, (job, index)))
         # A death just after taking or just before leaving a queue's lock leaves
         # the status one step behind: the lock may be held by nobody alive.
+        # (SENT too: just released, the lock may be another worker's already.)
         unsure = ((state in (WAITING, RECEIVED) and self._orphaned(
                       pool._inqueue._rlock, (LOCKED, READING, RECEIVED)))
-                  or (state == RUNNING and self._orphaned(
+                  or (state in (RUNNING, SENT) and self._orphaned(
                       pool._outqueue._wlock, (SENDING, SENT))))
         if torn or unsure:
             self._restart(pool, WorkerDied(_describe(p.pid, code, state, True), p.pid, code))
             return True
         if state == LOCKED:
             _release(pool._inqueue._rlock)
-        elif state in (SENDING, SENT):
+        elif state == SENDING:
             _release(pool._outqueue._wlock)  # it died after writing a whole result
         if state in (RECEIVED, RUNNING):
             error = WorkerDied(_describe(p.pid, code, state, False), p.pid, code)
             _deliver(pool, job, index, error)
         return False
+
+    def _start_death(self, pool: SharedArrayPool, p: Worker, code: Optional[int],
+                     error: str) -> None:
+        """A worker died before its first task: after a few in a row, break
+        the pool (Pool would replace them forever, its calls waiting)."""
+        self.start_deaths += 1
+        if self.start_deaths < _START_DEATHS or self.broken is not None:
+            return
+        message = ("shmpool: %d workers of the pool in a row died before their first "
+                   "task, so the pool cannot run tasks; the last (pid %d) %s"
+                   % (self.start_deaths, p.pid, _how(code)))
+        message += (":\n" + error.rstrip()) if error else (
+            " (it left no error: an initializer that could not be unpickled "
+            "says why on the worker's stderr)")
+        with self.changed:
+            self.broken = WorkerDied(message, p.pid, code)
+        pool._inqueue.stop()  # no worker will read them
+        self._fail_new_calls(pool)
+
+    def _fail_new_calls(self, pool: SharedArrayPool) -> None:
+        jobs = [job for job in list(pool._cache) if job not in self._failed]
+        if jobs:
+            self._failed.update(jobs)
+            pool._quick_get.call_soon(functools.partial(
+                _fail, pool._cache, jobs, cast(WorkerDied, self.broken)))
 
     def _orphaned(self, lock: Any, claims: Tuple[int, ...]) -> bool:
         """Whether ``lock`` stays held while no live worker's status claims it."""
@@ -246,18 +323,26 @@ def _release(lock: Any) -> None:  # a lock, or None
         pass  # it had released it already (or the platform has no lock)
 
 
-def _describe(pid: int, code: Optional[int], state: int, restart: bool) -> str:
+def _exit() -> None:
+    """What a process made for a broken pool runs: nothing."""
+
+
+def _how(code: Optional[int]) -> str:
     if code is not None and code < 0:
         try:
-            how = "was killed by signal %d (%s)" % (-code, signal.Signals(-code).name)
+            return "was killed by signal %d (%s)" % (-code, signal.Signals(-code).name)
         except ValueError:
-            how = "was killed by signal %d" % -code
-    else:
-        how = "exited with code %s" % code
+            return "was killed by signal %d" % -code
+    return "exited with code %s" % code
+
+
+def _describe(pid: int, code: Optional[int], state: int, restart: bool) -> str:
+    how = _how(code)
     what = {WAITING: "while waiting for a task", RECEIVED: "while running this task",
             RUNNING: "while running this task",
             READING: "while reading a task off the pool's queue",
-            SENDING: "while writing a result into the pool's queue"}[state]
+            SENDING: "while writing a result into the pool's queue",
+            SENT: "just after writing a result into the pool's queue"}[state]
     message = "shmpool: a worker of the pool (pid %d) %s %s" % (pid, how, what)
     if restart:
         message += ("; the pool's queues cannot be trusted after that, so every "
@@ -308,6 +393,18 @@ def _end(cache: Dict[int, Pending], job: int, result: Pending, error: BaseExcept
         result._cache = _Forgetful()
         result.__class__ = _EndedIterator  # type: ignore[assignment]  # an IMapIterator still
         result._cond.notify()
+    stop_tasks(result)
+
+
+def stop_tasks(result: Any) -> None:
+    """(3.16+ ``buffersize``) Pool's task thread may wait for room to send the
+    next task of ``result``, an imap iterator: stop its iterable, then let the
+    thread go, to find it ended."""
+    items = getattr(result, "_stoppable", None)
+    room = getattr(result, "_backpressure_sema", None)
+    if isinstance(items, Stoppable) and room is not None:
+        items.stopped = True
+        room.release()
 
 
 class _EndedIterator(_mp_pool.IMapIterator):  # type: ignore[type-arg]  # any result type
@@ -320,6 +417,26 @@ class _EndedIterator(_mp_pool.IMapIterator):  # type: ignore[type-arg]  # any re
 
     def _set_length(self, length: int) -> None:
         pass
+
+
+class Stoppable(object):
+    """An iterator over ``iterable`` (made at first use, as Pool would) that
+    ends early once ``stopped``."""
+
+    def __init__(self, iterable: Iterable[Any]) -> None:
+        self._iterable: Optional[Iterable[Any]] = iterable
+        self._it: Optional[Iterator[Any]] = None
+        self.stopped = False
+
+    def __iter__(self) -> Stoppable:
+        return self
+
+    def __next__(self) -> Any:
+        if self.stopped:
+            raise StopIteration
+        if self._it is None:
+            self._it, self._iterable = iter(cast("Iterable[Any]", self._iterable)), None
+        return next(self._it)
 
 
 class _Forgetful(Dict[int, Any]):

@@ -10,11 +10,13 @@ import multiprocessing.connection
 import os
 import threading
 import time
+import traceback
 from collections.abc import Mapping
+from multiprocessing.reduction import ForkingPickler
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional,
                     Tuple, Union)
 
-from . import _compat, memory, ndarrays, queues, registry
+from . import _compat, memory, ndarrays, queues, registry, supervisor
 
 if TYPE_CHECKING:
     import numpy as np
@@ -68,6 +70,27 @@ class ArrayMap(_Mapping):
 arrays = ArrayMap()
 
 
+class Deferred(object):
+    """An object that a spawn or forkserver worker unpickles only when asked:
+    in ``initialize``, which can report the failure (unpickled with the
+    process, a failure would end it before any of its code ran)."""
+
+    def __init__(self, obj: Any) -> None:
+        self._obj, self._data = obj, None  # type: Tuple[Any, Optional[bytes]]
+
+    def __reduce__(self) -> Tuple[Callable[[bytes], Deferred], Tuple[bytes]]:
+        return _deferred, (bytes(ForkingPickler.dumps(self._obj)),)
+
+    def load(self) -> Any:
+        return self._obj if self._data is None else ForkingPickler.loads(self._data)
+
+
+def _deferred(data: bytes) -> Deferred:
+    d = Deferred(None)
+    d._data = data
+    return d
+
+
 def initialize(registry_block: npt.NDArray[np.uint8],
                carried: Mapping[str, npt.NDArray[Any]],
                initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
@@ -75,13 +98,26 @@ def initialize(registry_block: npt.NDArray[np.uint8],
                prefault: bool = True) -> None:
     """The pool's worker initializer: map the pool's shared arrays (from its
     table, ``registry_block``) and publish them as ``shmpool.arrays``, watch
-    the parent, then run the user's own initializer.
+    the parent, then run the user's own initializer (given as
+    ``Deferred((initializer, initargs))`` by a pool).  An error that ends the
+    worker here is kept in its status block, for the parent.
 
     ``carried`` is empty but where a process cannot reach another's memory
     (the portable path): there the arrays travel with the worker, as
     RawArray's do.  With ``prefault`` (workers that start with the pool) the
     arrays' page tables are filled now, for a fast first map; a replacement
     worker maps them as it touches them, as a plain Pool's worker would."""
+    try:
+        _initialize(registry_block, initializer, initargs, parent, status, prefault)
+    except BaseException:
+        if status is not None:
+            supervisor.record_error(status, traceback.format_exc())
+        raise
+
+
+def _initialize(registry_block: npt.NDArray[np.uint8],
+                initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
+                parent: int, status: Optional[npt.NDArray[np.int64]], prefault: bool) -> None:
     if status is not None:
         queues.status = memoryview(status)  # faster to set than the ndarray
     inherited = getattr(multiprocessing.current_process(), "shmpool_inherited", lambda: None)()
@@ -98,6 +134,8 @@ def initialize(registry_block: npt.NDArray[np.uint8],
                 memory.populate(where[0])
     memory.populate_mappings(prefault)
     _watch_parent(parent, table)
+    if isinstance(initializer, Deferred):
+        initializer, initargs = initializer.load()
     if initializer is not None:
         initializer(*initargs)
 
@@ -124,10 +162,12 @@ def _watch_parent(pid: int, registry_view: registry.View) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not).  /proc/PID/stat is read as
+    bytes: the process name in it may be any bytes, ")" included."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
         pass
     try:
         os.kill(pid, 0)

@@ -101,8 +101,8 @@ class StartMethodCases(object):
 def process_alive(pid):
     """Whether ``pid`` runs (a zombie does not)."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        with open("/proc/%d/stat" % pid, "rb") as f:  # (a name may be any bytes)
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except OSError:
         return False
 

@@ -5,6 +5,7 @@ import gc
 import multiprocessing
 import os
 import threading
+import types
 from multiprocessing.pool import MaybeEncodingError
 from multiprocessing.reduction import ForkingPickler
 
@@ -26,6 +27,10 @@ def double(i):
 
 def array_bytes(name):
     return shmpool.arrays[name].tobytes()
+
+
+def array_strides(name):
+    return shmpool.arrays[name].strides
 
 
 def reverse_in_place(name):
@@ -65,6 +70,29 @@ def pid_and_sum(_):
 
 def unpicklable_result():
     return threading.Lock()
+
+
+class Unrebuildable(Exception):
+    # Pickled as Unrebuildable("2"), which fails: "2".two (CPython gh-103061).
+    def __init__(self, stuff):
+        super(Unrebuildable, self).__init__(stuff.two)
+
+
+def raise_unrebuildable(_=None):
+    raise Unrebuildable(types.SimpleNamespace(two="2"))
+
+
+def refuse_rebuild():
+    raise ValueError("not rebuilt here")
+
+
+class UnrebuildableResult(object):
+    def __reduce__(self):
+        return refuse_rebuild, ()
+
+
+def unrebuildable_result(_=None):
+    return UnrebuildableResult()
 
 
 def shares_memory_with_x(a):
@@ -110,6 +138,15 @@ class PoolCases(StartMethodCases):
             x[:] = np.arange(10)
             pool.map(double, range(10))
         assert x.tolist() == [2 * i for i in range(10)]
+
+    def test_fortran_order_kept_in_arrays(self):
+        f = np.asfortranarray(np.arange(12).reshape(3, 4))
+        with self.pool(1, arrays={"f": f, "c": f.T}) as pool:
+            assert pool.arrays["f"].flags.f_contiguous and not pool.arrays["f"].flags.c_contiguous
+            assert pool.arrays["c"].flags.c_contiguous  # (f.T is C-contiguous)
+            assert pool.apply(array_strides, ("f",)) == f.strides
+            pool.apply(reverse_in_place, ("f",))
+            assert pool.arrays["f"].tolist() == f[::-1].tolist()
 
     def test_views_in_arrays(self):
         base = shmpool.copy(np.arange(20, dtype=np.int64))
@@ -165,6 +202,24 @@ class PoolCases(StartMethodCases):
             with pytest.raises(MaybeEncodingError):
                 pool.apply(unpicklable_result)
             assert pool.apply(seen_by_initializer) is None  # pool still works
+
+    def test_result_or_exception_not_rebuilt_fails_its_call_only(self):
+        with self.pool(2) as pool:
+            match = r"exception pool_cases\.Unrebuildable.*AttributeError.*'two'"
+            with pytest.raises(MaybeEncodingError, match=match) as info:
+                pool.apply_async(raise_unrebuildable).get(10)
+            assert "in raise_unrebuildable" in str(info.value)  # the worker's traceback
+            with pytest.raises(MaybeEncodingError, match=match):
+                pool.map_async(raise_unrebuildable, range(4)).get(10)
+            iterator = pool.imap(raise_unrebuildable, range(2))
+            with pytest.raises(MaybeEncodingError, match=match):
+                iterator.next(10)
+            match = r"result.*ValueError: not rebuilt here"
+            with pytest.raises(MaybeEncodingError, match=match):
+                pool.apply_async(unrebuildable_result).get(10)
+            with pytest.raises(MaybeEncodingError, match=match):
+                pool.map_async(unrebuildable_result, range(4)).get(10)
+            assert pool.map(abs, range(-3, 3)) == [3, 2, 1, 0, 1, 2]
 
     def test_arrays_readable_after_close_join_and_with(self):
         with self.pool(2, arrays={"x": np.arange(6.0)}) as pool:

@@ -4,19 +4,26 @@ once, run under each start method by test_fork/spawn/forkserver."""
 import collections
 import ctypes
 import gc
+import inspect
+import itertools
+import multiprocessing
 import os
 import random
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
+
+from multiprocessing.pool import IMapIterator, Pool
 
 import numpy as np
 import pytest
 
 import shmpool
-from shmpool import WorkerDied, queues
+import shmpool.pool
+from shmpool import WorkerDied, queues, supervisor, worker
 
 from conftest import HERE, StartMethodCases, file_in_use, process_alive
 
@@ -51,6 +58,85 @@ def pid(_=None):
 
 def total(name):
     return float(shmpool.arrays[name].sum())
+
+
+_role = None
+
+
+class _DieAfterRelease(object):
+    """A result queue lock whose holder, playing "a", dies just after releasing
+    it, once "b" holds it (so its status stays SENT)."""
+
+    def __init__(self, lock, flags):
+        self._lock, self._flags = lock, flags
+
+    def __enter__(self):
+        self._lock.acquire()
+
+    def __exit__(self, *exc):
+        if _role == "c":
+            os._exit(9)  # holding the lock, status SENT
+        self._lock.release()
+        if _role == "a":
+            self._flags[0] = 1  # released
+            deadline = time.monotonic() + 10
+            while self._flags[1] == 0 and time.monotonic() < deadline:
+                pass
+            os._exit(9)
+
+
+def arm_sent_death():
+    """Initializer: the result queue's lock dies with "a" (above); "b" holds
+    it 1.5 s while writing its result."""
+    flags = shmpool.arrays["flags"]
+    for q in gc.get_objects():
+        if isinstance(q, queues.ResultQueue):
+            q._wlock = _DieAfterRelease(q._wlock, flags)
+            send_bytes = q._writer.send_bytes
+
+            def slow_send(data, _send=send_bytes):
+                if _role == "b":
+                    flags[1] = 1  # holds the lock
+                    time.sleep(1.5)
+                return _send(data)
+            q._writer.send_bytes = slow_send
+
+
+def play(role):
+    global _role
+    _role = role
+    flags = shmpool.arrays["flags"]
+    if role == "b":  # write after "a" has released the lock
+        deadline = time.monotonic() + 10
+        while flags[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+    return role
+
+
+def fail_at_start():
+    raise ValueError("no start-up here")
+
+
+def kill_at_start():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def not_unpickled_here():
+    raise ValueError("not unpickled here")
+
+
+class UnpicklableInWorker(object):
+    """A callable that pickles, but cannot be unpickled."""
+
+    def __call__(self, _=None):
+        return "called"
+
+    def __reduce__(self):
+        return not_unpickled_here, ()
+
+
+def length(data):
+    return len(data)
 
 
 def payload(i):
@@ -89,6 +175,53 @@ def arm_tears():
 
 
 class ReliabilityCases(StartMethodCases):
+
+    @pytest.fixture
+    def pool_with_buffersize(self, monkeypatch):
+        """Where this Python's Pool.imap and imap_unordered lack ``buffersize``
+        (before 3.16), a stand-in with its back-pressure: the task thread waits
+        for room (processes + buffersize tasks not yet consumed) before each task,
+        and taking an item off the iterator makes room for one."""
+        if "buffersize" in inspect.signature(Pool.imap).parameters:
+            return
+
+        def lazy(original):
+            def imap(self, func, iterable, chunksize=1, buffersize=None):
+                if buffersize is None:
+                    return original(self, func, iterable, chunksize)
+                room = threading.Semaphore(self._processes + buffersize)
+
+                def gated(it=iter(iterable)):
+                    while True:
+                        room.acquire()
+                        try:
+                            item = next(it)
+                        except StopIteration:
+                            return
+                        yield item
+                result = original(self, func, gated(), chunksize)
+                result._backpressure_sema = room
+                return result
+            return imap
+
+        def next_making_room(self, timeout=None, _next=IMapIterator.next):
+            try:
+                item = _next(self, timeout)
+            except (StopIteration, multiprocessing.TimeoutError):
+                raise
+            except BaseException:
+                self._backpressure_sema.release()
+                raise
+            self._backpressure_sema.release()
+            return item
+
+        monkeypatch.setattr(Pool, "imap", lazy(Pool.imap))
+        monkeypatch.setattr(Pool, "imap_unordered", lazy(Pool.imap_unordered))
+        monkeypatch.setattr(IMapIterator, "_backpressure_sema", None, raising=False)
+        monkeypatch.setattr(IMapIterator, "next", next_making_room)
+        monkeypatch.setattr(IMapIterator, "__next__", next_making_room)
+        monkeypatch.setattr(shmpool.pool, "_BUFFERSIZE", True)
+
 
     @pytest.mark.parametrize("how,match", [
         ("exit", "exited with code 3"),
@@ -192,6 +325,164 @@ class ReliabilityCases(StartMethodCases):
             assert outcomes["died"] >= 3, outcomes
             assert pool.map(square, range(10)) == [i * i for i in range(10)]
 
+    @pytest.mark.timeout(60)
+    def test_terminate_returns_while_a_worker_is_stalled_mid_task(self):
+        # The worker is stopped for 1.5 s halfway through reading a large
+        # task, holding the task queue's lock.
+        pool = self.pool(1)
+        try:
+            assert pool.apply(square, (3,)) == 9
+            (status,) = pool._supervisor.workers.values()
+            stalled = pool._pool[0].pid
+            pool.apply_async(length, (bytes(256 << 20),))
+            deadline = time.monotonic() + 20
+            while status[supervisor.STATE] != supervisor.READING:
+                assert time.monotonic() < deadline, "the worker never read the task"
+            os.kill(stalled, signal.SIGSTOP)
+            resume = threading.Timer(1.5, os.kill, (stalled, signal.SIGCONT))
+            resume.start()
+            start = time.monotonic()
+            terminating = threading.Thread(target=pool.terminate, daemon=True)
+            terminating.start()
+            terminating.join(15)
+            assert not terminating.is_alive(), "terminate() hung"
+            assert time.monotonic() - start < 5
+            resume.join()
+        finally:
+            for p in pool._pool:
+                p.kill()  # (after a hang)
+                p.join(5)
+
+    @pytest.mark.parametrize("initializer,match", [
+        (fail_at_start, r"(?s)exited with code 1.*fail_at_start.*ValueError: no start-up here"),
+        (kill_at_start, r"killed by signal 9 \(SIGKILL\)"),
+        (UnpicklableInWorker(), r"(?s)exited with code 1.*ValueError: not unpickled here"),
+    ], ids=["raises", "sigkill", "unpicklable"])
+    def test_workers_dying_at_start_fail_calls(self, initializer, match):
+        if self.start_method == "fork" and isinstance(initializer, UnpicklableInWorker):
+            pytest.skip("fork does not pickle the initializer")
+        start = time.monotonic()
+        with self.pool(2) as healthy:  # how long workers take to start, here and now
+            healthy.apply(square, (1,))
+        startup = time.monotonic() - start
+        pool = self.pool(2, initializer=initializer)
+        try:
+            start = time.monotonic()
+            waiting = pool.map_async(square, range(10))
+            with pytest.raises(WorkerDied, match="died before their first task"):
+                pool.map(square, range(10))
+            assert time.monotonic() - start < startup + 2
+            with pytest.raises(WorkerDied, match=match):
+                waiting.get(1)
+            with pytest.raises(WorkerDied, match=match):
+                pool.apply_async(square, (2,)).get(1)  # a new call
+            with pytest.raises(WorkerDied, match=match):
+                list(pool.imap_unordered(square, range(3)))
+            pool.close()
+            closing = threading.Thread(target=pool.join, daemon=True)
+            closing.start()
+            closing.join(10)
+            assert not closing.is_alive(), "join() hung"
+        finally:
+            pool.terminate()
+
+    def test_task_function_not_unpickled_fails_its_call(self):
+        with self.pool(2) as pool:
+            with pytest.raises(ValueError, match="not unpickled here"):
+                pool.map(UnpicklableInWorker(), range(10))
+            with pytest.raises(ValueError, match="not unpickled here"):
+                pool.apply_async(UnpicklableInWorker()).get(10)
+            assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+    def test_no_monitor_thread_after_join_or_terminate(self):
+        # (Python 3.12+ warns of a fork from a process with threads.)
+        def monitors():
+            return {t for t in threading.enumerate() if t.name == "shmpool-supervisor"}
+
+        before = monitors()
+        pool = self.pool(2)
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        assert monitors() - before, "no monitor thread to look for"
+        pool.close()
+        pool.join()
+        assert not monitors() - before
+        with self.pool(2) as pool:
+            assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        assert not monitors() - before
+        self.pool(1).terminate()
+        assert not monitors() - before
+
+    def test_death_after_releasing_the_result_lock_leaves_the_next_writer_its_lock(self):
+        # Worker a dies just after releasing the result queue's lock (status
+        # still SENT); worker b has taken it and is writing.  The lock must
+        # stay b's, or a third writer could interleave its frames with b's.
+        flags = shmpool.zeros(2, np.int64)
+        with self.pool(2, initializer=arm_sent_death, arrays={"flags": flags}) as pool:
+            b = pool.apply_async(play, ("b",))
+            a = pool.apply_async(play, ("a",))
+            assert a.get(10) == "a"
+            deadline = time.monotonic() + 10
+            while flags[1] == 0:
+                assert time.monotonic() < deadline, "b never took the lock"
+                time.sleep(0.01)
+            time.sleep(0.6)  # a is dead, and the supervisor has seen it
+            lock = pool._outqueue._wlock._semlock
+            assert lock._get_value() == 0, "b's lock was released under it"
+            assert b.get(10) == "b"
+            assert pool.map(square, range(10)) == [i * i for i in range(10)]
+
+    def test_death_holding_the_result_lock_after_sending(self):
+        # Whose is the lock, the dead worker's or the next writer's?  Unsure:
+        # the pool restarts, and works after.
+        flags = shmpool.zeros(2, np.int64)
+        with self.pool(2, initializer=arm_sent_death, arrays={"flags": flags}) as pool:
+            assert pool.apply_async(play, ("c",)).get(10) == "c"  # written whole
+            sleeping = pool.apply_async(time.sleep, (5,))
+            with pytest.raises(WorkerDied, match="just after writing a result"):
+                sleeping.get(5)
+            assert pool.map(square, range(10)) == [i * i for i in range(10)]
+
+    def test_imap_takes_buffersize_where_pool_does(self):
+        for name in ("imap", "imap_unordered"):
+            base = inspect.signature(getattr(Pool, name)).parameters
+            ours = inspect.signature(getattr(shmpool.SharedArrayPool, name)).parameters
+            assert list(ours)[:5] == ["self", "func", "iterable", "chunksize", "buffersize"]
+            assert ours["buffersize"].default is None
+        with self.pool(2) as pool:
+            assert list(pool.imap(square, range(5), 2, None)) == [0, 1, 4, 9, 16]
+            if "buffersize" not in base:
+                with pytest.raises(TypeError, match="buffersize"):
+                    pool.imap(square, range(5), buffersize=2)
+
+    @pytest.mark.timeout(60)
+    def test_iterator_ended_by_restart_leaves_no_task_thread_waiting(
+            self, pool_with_buffersize):
+        tears = shmpool.zeros(1, np.int64)
+        with self.pool(2, initializer=arm_tears, arrays={"tears": tears}) as pool:
+            assert list(pool.imap(square, range(9), buffersize=1)) == [i * i for i in range(9)]
+            assert sorted(pool.imap_unordered(square, range(9), 2, buffersize=1)) == [
+                i * i for i in range(9)]
+            for chunksize in (1, 3):
+                endless = pool.imap(square, itertools.count(), chunksize, buffersize=2)
+                assert [next(endless) for _ in range(6)] == [i * i for i in range(6)]
+                time.sleep(0.3)  # the task thread waits for room
+                tears[0] = 1  # the next task read tears the queue: the pool restarts
+                with pytest.raises(WorkerDied, match="while reading a task off"):
+                    for _ in endless:
+                        pass
+                result = pool.map_async(square, range(10))  # the task thread sends it
+                assert result.get(10) == [i * i for i in range(10)]
+
+    def test_terminate_with_an_unread_buffered_imap(self, pool_with_buffersize):
+        pool = self.pool(2)
+        endless = pool.imap_unordered(square, itertools.count(), buffersize=1)
+        assert next(endless) is not None
+        time.sleep(0.3)  # the task thread waits for room
+        terminating = threading.Thread(target=pool.terminate, daemon=True)
+        terminating.start()
+        terminating.join(10)
+        assert not terminating.is_alive(), "terminate() hung"
+
     def test_idle_workers_killed(self):
         with self.pool(2) as pool:
             pids = set(pool.map(pid, range(8), chunksize=1))
@@ -205,14 +496,18 @@ class ReliabilityCases(StartMethodCases):
         with self.pool(2, maxtasksperchild=2) as pool:
             assert pool.map(square, range(30), chunksize=1) == [i * i for i in range(30)]
 
-    def test_workers_exit_when_parent_is_killed(self):
+    # A parent whose name is not UTF-8 (nor free of ")") is watched all the same.
+    @pytest.mark.parametrize("name", [None, b"pool\xff\xfe) Z"])
+    def test_workers_exit_when_parent_is_killed(self, name):
         proc = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "scripts", "parent.py"), self.start_method],
+            [sys.executable, os.path.join(HERE, "scripts", "parent.py"), self.start_method]
+            + ([name.hex()] if name else []),
             stdout=subprocess.PIPE, universal_newlines=True)
         try:
             pids = [int(p) for p in proc.stdout.readline().split()]
             inode = tuple(int(v) for v in proc.stdout.readline().split())
             assert len(pids) == 2 and all(process_alive(p) for p in pids)
+            assert worker._alive(proc.pid)  # what the workers' watch reads
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             deadline = time.monotonic() + 1.5

@@ -125,6 +125,19 @@ def test_empty_dtype_like_numpy():
     assert shmpool.empty(3).dtype == np.float64
 
 
+@pytest.mark.parametrize("shape,order", [(2, "C"), ((2, 4), "C"), ((2, 4), "F"), ((), "C")])
+def test_subarray_dtype_adds_dimensions_as_numpy(shape, order):
+    dtype = np.dtype((np.float64, (3,)))
+    for make in (shmpool.empty, shmpool.zeros):
+        a, expected = make(shape, dtype, order), np.empty(shape, dtype, order)
+        assert (a.shape, a.dtype, a.strides) == (expected.shape, expected.dtype,
+                                                 expected.strides)
+        assert shmpool.is_shared(a)
+    assert not shmpool.zeros(shape, dtype, order).any()
+    c = shmpool.copy(np.ones(shape, dtype))
+    assert c.shape == np.ones(shape, dtype).shape and c.all()
+
+
 @pytest.mark.parametrize("make", [
     lambda: np.arange(40, dtype=np.int32).reshape(5, 8)[::2, 1::3],  # non-contiguous
     lambda: np.arange(10, dtype=">f8"),                               # big-endian

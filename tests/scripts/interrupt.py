@@ -3,6 +3,7 @@ left no worker and no shared block behind."""
 import gc
 import multiprocessing
 import os
+import signal
 import sys
 import time
 
@@ -20,6 +21,10 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from conftest import file_in_use, process_alive, shm_file
 
+    # Ctrl-C raises KeyboardInterrupt even where the launcher ignores SIGINT
+    # (a background job of a non-interactive shell: the interpreter then
+    # leaves it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ctx = multiprocessing.get_context(sys.argv[1])
     interrupted = False
     try:
