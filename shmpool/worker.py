@@ -120,12 +120,12 @@ def _initialize(registry_block: npt.NDArray[np.uint8],
                 parent: int, status: Optional[npt.NDArray[np.int64]], prefault: bool) -> None:
     if status is not None:
         queues.status = memoryview(status)  # faster to set than the ndarray
+    memory.populate_mappings(False)  # (the arrays once, below: forked ones are mapped already)
+    table = registry.View(registry_block, arrays)
+    table.refresh()  # (first: what a forked worker inherited is in its table of blocks)
     inherited = getattr(multiprocessing.current_process(), "shmpool_inherited", lambda: None)()
     if inherited is not None:
         inherited.follow(arrays)
-    memory.populate_mappings(False)  # (the arrays once, below: forked ones are mapped already)
-    table = registry.View(registry_block, arrays)
-    table.refresh()
     queues.before_task = table.refresh
     if prefault:
         for a in arrays.values():

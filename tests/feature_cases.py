@@ -1,6 +1,9 @@
 """Sharing after start and progress bars, written once; run under each start
 method by test_fork/spawn/forkserver."""
 
+import os
+import shutil
+import subprocess
 import sys
 import time
 
@@ -9,7 +12,7 @@ import pytest
 
 import shmpool
 
-from conftest import StartMethodCases, file_in_use, shm_file
+from conftest import HERE, StartMethodCases, file_in_use, script_env, shm_file
 
 
 def names(_=None):
@@ -136,6 +139,21 @@ class FeatureCases(StartMethodCases):
                 assert pool.apply(inherited_names) == ["b"]
             finally:
                 _INHERITED[:] = []
+
+    def test_forked_workers_of_a_parent_that_cannot_be_looked_into(self):
+        # Forked workers reach arrays= through what they inherit: no /proc,
+        # which a non-dumpable parent closes to processes without CAP_SYS_PTRACE.
+        if self.start_method != "fork":
+            pytest.skip("only forked workers inherit the parent's mappings")
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) to drop CAP_SYS_PTRACE")
+        proc = subprocess.run(
+            ["setpriv", "--bounding-set", "-sys_ptrace", sys.executable,
+             os.path.join(HERE, "scripts", "nondumpable.py"), self.start_method],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+            timeout=60, env=script_env())
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split("\n")[0] == "[0.0, 1.0, 2.0, 3.0]"
 
     def test_only_workers_started_with_the_pool_prefault(self):
         # The first map finds the arrays' page tables filled; a replacement
