@@ -94,14 +94,13 @@ def tolerate(failures: object = ()) -> Optional[List[blocks.BlockUnavailable]]:
 
 
 def _reduce(a: npt.NDArray[Any]) -> Union[str, Tuple[Any, ...]]:
-    # A process being started needs no hold: its Process object keeps its
-    # arguments alive in the parent for as long as the child runs.
-    spawning = get_spawning_popen() is not None
-    located = _locate(a, hold=not spawning)
+    # A process being started is held for too: Process.start() drops its
+    # arguments, and the child maps them only once it runs.
+    located = _locate(a, hold=True)
     if located is None:
         return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
     buffer, ref = located
-    if not _compat.LINUX and spawning:
+    if not _compat.LINUX and get_spawning_popen() is not None:
         # No /proc to reach the block through: a process being started gets
         # the block itself, as CPython hands a RawArray to it.
         return _rebuild_carried, (buffer._wrapper, buffer._wrapper_offset, ref)

@@ -105,6 +105,11 @@ def child_sends_own_block(conn):
     conn.close()
 
 
+def check_sum(chunk, expected):
+    if chunk.sum() != expected:
+        raise SystemExit(3)
+
+
 def child_queue_echo(q_in, q_out):
     v = q_in.get()
     v[0] = -1.0
@@ -194,6 +199,22 @@ class ReferenceCases(StartMethodCases):
             parent.send("next")
         p.join(30)
         assert p.exitcode == 0
+
+    def test_process_args_arrive_though_start_drops_them(self):
+        # Process.start() deletes its arguments: under spawn and forkserver
+        # the child maps them later, and must still find them.
+        for _ in range(3):
+            chunk = shmpool.copy(np.arange(1000.0))
+            block = shm_file(chunk)
+            p = self.ctx.Process(target=check_sum, args=(chunk, 499500.0))
+            p.start()
+            del chunk
+            gc.collect()
+            p.join(30)
+            assert p.exitcode == 0
+            inflight.release()  # the child mapped it: nothing pins it any more
+            gc.collect()
+            assert not file_in_use(block)
 
     def test_queue_round_trip(self):
         a = shmpool.zeros(10, np.float32)
