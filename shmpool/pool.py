@@ -177,6 +177,18 @@ class SharedArrayPool(_Pool):
             if s is reader:  # (else Pool's worker thread would wake without end)
                 sentinels[i] = self._outqueue._reader
 
+    @classmethod
+    def _terminate_pool(cls, taskqueue: Any, inqueue: queues.TaskQueue,
+                        *args: Any) -> None:
+        # As Pool._terminate_pool (its arguments after inqueue differ by
+        # version), then: the workers are gone, and no one will read the
+        # frames left in the task pipe, so nothing waits for their receivers.
+        try:
+            super(SharedArrayPool, cls)._terminate_pool(  # type: ignore[misc]  # not in typeshed
+                taskqueue, inqueue, *args)
+        finally:
+            inqueue.holds.discard()
+
     @staticmethod
     def _help_stuff_finish(inqueue: queues.TaskQueue, task_handler: threading.Thread,
                            size: int) -> None:

@@ -44,14 +44,15 @@ def reference(a: npt.NDArray[Any], hold: bool = False) -> Optional[Reference]:
     return located and located[1]
 
 
-def _locate(a: npt.NDArray[Any], hold: bool) -> Optional[Tuple[blocks.Buffer, Reference]]:
+def _locate(a: npt.NDArray[Any], hold: bool,
+            child: Any = None) -> Optional[Tuple[blocks.Buffer, Reference]]:
     where = ndarrays.locate(a)
     if where is None:
         return None
     buffer, offset = where
     block = blocks.block_of(buffer)
     name = block.name_here()
-    ack = inflight.hold(buffer) if hold and block.fd >= 0 else None
+    ack = inflight.hold(buffer, child) if hold and block.fd >= 0 else None
     return buffer, (tuple(name), offset, a.shape, a.strides, a.dtype,
                     a.flags.writeable, type(a), ack)
 
@@ -94,13 +95,14 @@ def tolerate(failures: object = ()) -> Optional[List[blocks.BlockUnavailable]]:
 
 
 def _reduce(a: npt.NDArray[Any]) -> Union[str, Tuple[Any, ...]]:
-    # A process being started is held for too: Process.start() drops its
-    # arguments, and the child maps them only once it runs.
-    located = _locate(a, hold=True)
+    # A process being started is held for too, until it maps the block or
+    # exits: Process.start() drops its arguments before the child runs.
+    spawning = get_spawning_popen()
+    located = _locate(a, True, spawning)
     if located is None:
         return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
     buffer, ref = located
-    if not _compat.LINUX and get_spawning_popen() is not None:
+    if not _compat.LINUX and spawning is not None:
         # No /proc to reach the block through: a process being started gets
         # the block itself, as CPython hands a RawArray to it.
         return _rebuild_carried, (buffer._wrapper, buffer._wrapper_offset, ref)

@@ -2,7 +2,10 @@
 written once; test_fork/spawn/forkserver run it under their start method."""
 
 import gc
+import os
 import pickle
+import subprocess
+import sys
 import time
 from multiprocessing.reduction import ForkingPickler
 
@@ -12,7 +15,7 @@ import pytest
 import shmpool
 from shmpool import SharedArrayPool, blocks, inflight
 
-from conftest import StartMethodCases, file_in_use, open_fds, shm_file
+from conftest import HERE, StartMethodCases, file_in_use, open_fds, shm_file
 
 
 def views_of(base):
@@ -42,6 +45,11 @@ def mark(view, value):
     if view.size:
         view.flat[0] = value
     return type(view).__name__, view.shape, view.flags.writeable, shmpool.is_shared(view)
+
+
+def slow_shape(view):
+    time.sleep(0.05)
+    return view.shape
 
 
 def give_back(view):
@@ -215,6 +223,37 @@ class ReferenceCases(StartMethodCases):
             inflight.release()  # the child mapped it: nothing pins it any more
             gc.collect()
             assert not file_in_use(block)
+
+    def test_process_that_exits_before_mapping_pins_nothing(self):
+        chunk = shmpool.copy(np.arange(1000.0))
+        block = shm_file(chunk)
+        p = self.ctx.Process(target=check_sum, args=(chunk, 499500.0))
+        p.start()
+        p.kill()  # (under spawn and forkserver, most likely before it maps chunk)
+        p.join(30)
+        del chunk
+        inflight.release()  # its receiver is gone: the hold goes
+        gc.collect()
+        assert not file_in_use(block)
+
+    def test_terminate_waits_for_no_discarded_task(self, monkeypatch):
+        monkeypatch.setattr(inflight, "_sender", inflight._Sender())
+        X = shmpool.zeros(1000)
+        with self.pool(2) as pool:
+            for _ in pool.imap(slow_shape, [X] * 200):
+                break  # most tasks are left in the pipe, or not sent
+        start = time.monotonic()
+        inflight._wait_for_receivers()
+        assert time.monotonic() - start < 1.0  # not inflight.EXIT_WAIT
+
+    @pytest.mark.parametrize("block", ["with", "open"])
+    def test_exit_after_break_out_of_imap_is_prompt(self, block):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [os.path.dirname(HERE)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+        out = subprocess.check_output(
+            [sys.executable, os.path.join(HERE, "scripts", "exit_after_break.py"),
+             self.start_method, block], env=env, timeout=60)
+        assert time.time() - float(out) < 2.5  # inflight.EXIT_WAIT was 5 s
 
     def test_queue_round_trip(self):
         a = shmpool.zeros(10, np.float32)
