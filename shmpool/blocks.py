@@ -2,13 +2,16 @@
 
 A block is a span of shared memory that starts with a 64-byte header (magic,
 random tag, size) followed by the data.  Across processes a block is named by
-``Name``: its creator's pid and serial number (which identify it), its tag,
-and a process that holds a descriptor of its file (the source: its creator,
-or any process that mapped it since).  A process that does not hold the block
-yet opens that descriptor through ``/proc/SOURCE/fd/FD`` and maps it, keeping
-the descriptor so that it can be a source in turn; the tag in the header
-proves the mapping is the block that was named, so a freed, reused or exited
-block is an error, never a wrong view.
+``Name``: its creator's pid, serial number and random tag (which together
+identify it: a pid reused by a later process, whose serials start again at 1,
+does not make a name collide), the device and inode of its file, and a
+process that holds a descriptor of that file (the source: its creator, or any
+process that mapped it since).  A process that does not hold the block yet
+checks that ``/proc/SOURCE/fd/FD`` is that file before it opens and maps it,
+keeping the descriptor so that it can be a source in turn; the tag in the
+header proves the mapping is the block that was named, so a freed, reused or
+exited block is an error, never a wrong view, and a stale name never opens
+some other file of the source's.
 
 The table holds blocks weakly: a block lives as long as some array uses its
 memory, and leaves the table when it dies.
@@ -21,6 +24,7 @@ import ctypes
 import errno
 import itertools
 import os
+import stat
 import struct
 import threading
 import weakref
@@ -36,9 +40,11 @@ _HEADER = struct.Struct("<8sQQ")
 _MAGIC = b"shmpool\x01"
 
 #: Everything a process needs to reach a block it does not hold yet: (pid,
-#: serial) identify it; ``source`` holds it as descriptor ``fd``.
+#: serial, tag) identify it; ``source`` holds its file (``dev``, ``ino``) as
+#: descriptor ``fd``.
 Name = NamedTuple("Name", [("pid", int), ("serial", int), ("tag", int), ("fd", int),
-                           ("offset", int), ("size", int), ("source", int)])
+                           ("offset", int), ("size", int), ("source", int),
+                           ("dev", int), ("ino", int)])
 
 
 class BlockUnavailable(RuntimeError):
@@ -84,7 +90,7 @@ class _Table(object):
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.by_key: Dict[Tuple[int, ...], weakref.ref[Buffer]] = {}  # (pid, serial) ->
+        self.by_key: Dict[Tuple[int, ...], weakref.ref[Buffer]] = {}  # (pid, serial, tag) ->
         self.starts: List[int] = []  # sorted header addresses
         self.refs: List[weakref.ref[Buffer]] = []  # weakref to the buffer, parallel to starts
         # keys of collected blocks, purged under the lock
@@ -101,7 +107,7 @@ class _Table(object):
                 del self.starts[i], self.refs[i]
 
     def add(self, buffer: Buffer, block: Block) -> None:
-        key = block.name[:2]
+        key = block.name[:3]
         dead = self.dead
 
         def forget(_: object, k: Tuple[int, ...] = key, s: int = block.start) -> None:
@@ -136,7 +142,9 @@ def new(size: int, zero: bool = False) -> Buffer:
     buffer, fd, offset = memory.allocate(HEADER + size, zero)
     tag = struct.unpack("<Q", os.urandom(8))[0]
     _HEADER.pack_into(buffer, 0, _MAGIC, tag, size)
-    name = Name(os.getpid(), next(_serial), tag, fd, offset, size, os.getpid())
+    st = os.fstat(fd) if fd >= 0 else None
+    name = Name(os.getpid(), next(_serial), tag, fd, offset, size, os.getpid(),
+                st.st_dev if st else 0, st.st_ino if st else 0)
     return adopt(buffer, name, fd)
 
 
@@ -179,22 +187,14 @@ def attach(name: Name, keep_fd: bool = True) -> Buffer:
     it is gone."""
     with _table.lock:
         _table.purge()
-        ref = _table.by_key.get(tuple(name[:2]))
+        ref = _table.by_key.get(tuple(name[:3]))
     buffer = ref() if ref is not None else None
     if buffer is not None:
-        if buffer._shmpool_block.name.tag != name.tag:
-            raise BlockUnavailable(_gone(name, "was freed and its name reused"))
         return buffer
     if not _compat.LINUX:
         raise BlockUnavailable(_gone(name, "cannot be reached from another process "
                                            "on this platform"))
-    try:
-        fd = _open_sources_fd(name)
-    except OSError:
-        why = ("was freed by process %d" % name.source
-               if os.path.exists("/proc/%d" % name.source)
-               else "belonged to a process that has exited (%d)" % name.source)
-        raise BlockUnavailable(_gone(name, why)) from None
+    fd = _open_sources_fd(name)
     try:
         if os.fstat(fd).st_size < name.offset + HEADER + name.size:
             raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
@@ -212,13 +212,37 @@ def attach(name: Name, keep_fd: bool = True) -> Buffer:
 
 
 def _open_sources_fd(name: Name) -> int:
+    """This process's descriptor of the block's file, opened through the
+    source's once it is known to be that file (a stale name may point at any
+    other file of the source's, such as a terminal, not to be opened)."""
     path = "/proc/%d/fd/%d" % (name.source, name.fd)
     try:
-        return os.open(path, os.O_RDWR)
+        if not _is_file_of(os.stat(path), name):
+            raise BlockUnavailable(_gone(name, "was freed by process %d (its descriptor "
+                                               "%d is another file now)" % (name.source, name.fd)))
+        for attempt in (0, 1):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+                break
+            except OSError as e:
+                if e.errno != errno.EMFILE or attempt or not _compat.raise_fd_limit():
+                    raise
     except OSError as e:
-        if e.errno != errno.EMFILE or not _compat.raise_fd_limit():
-            raise
-    return os.open(path, os.O_RDWR)
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise BlockUnavailable(_gone(name, "cannot be mapped here: %s (%s)" % (
+                os.strerror(e.errno), _compat.fd_limit()))) from None
+        why = ("was freed by process %d" % name.source
+               if os.path.exists("/proc/%d" % name.source)
+               else "belonged to a process that has exited (%d)" % name.source)
+        raise BlockUnavailable(_gone(name, why)) from None
+    if not _is_file_of(os.fstat(fd), name):  # (replaced between stat and open)
+        os.close(fd)
+        raise BlockUnavailable(_gone(name, "was freed by process %d" % name.source))
+    return fd
+
+
+def _is_file_of(st: os.stat_result, name: Name) -> bool:
+    return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (name.dev, name.ino)
 
 
 def _gone(name: Name, why: str) -> str:

@@ -157,7 +157,7 @@ def _wait_for_receivers(timeout: float = EXIT_WAIT) -> None:
 
 def acknowledge(page: Tuple[int, ...], slot: int, generation: int) -> None:
     """Tell the sender whose ack page is ``page`` that its reference arrived."""
-    key = tuple(page[:2])
+    key = tuple(page[:3])
     buffer = _pages.get(key)
     if buffer is None:
         try:

@@ -118,6 +118,15 @@ def check_sum(chunk, expected):
         raise SystemExit(3)
 
 
+def child_sends_block_and_waits(conn):
+    a = shmpool.zeros(1000, np.float32)
+    a[:] = 5.0
+    conn.send(tuple(blocks.block_of(shmpool.ndarrays.locate(a)[0]).name))
+    conn.send_bytes(ForkingPickler.dumps(a))
+    conn.recv()
+    conn.close()
+
+
 def child_queue_echo(q_in, q_out):
     v = q_in.get()
     v[0] = -1.0
@@ -328,6 +337,23 @@ class ReferenceCases(StartMethodCases):
             with pytest.raises(shmpool.BlockUnavailable, match="exited"):
                 pool.apply(pickled, (payload,))  # rebuilt by the result thread
             assert pool.map(give_back, [1, 2]) == [1, 2]  # still usable
+
+    def test_reused_pid_is_not_a_false_block_unavailable(self):
+        # A block of an earlier process that had the child's pid, and the same
+        # serial (spawn and forkserver workers all count from 1), is held here.
+        parent, child = self.ctx.Pipe()
+        p = self.ctx.Process(target=child_sends_block_and_waits, args=(child,))
+        p.start()
+        name = blocks.Name(*parent.recv())
+        payload = parent.recv_bytes()
+        earlier, fd, _ = shmpool.memory.allocate(blocks.HEADER + 100)
+        blocks.adopt(earlier, name._replace(tag=name.tag ^ 1, size=100), fd)
+        try:
+            got = pickle.loads(payload)
+            assert got.shape == (1000,) and got[0] == 5.0
+        finally:
+            parent.send("done")
+            p.join(30)
 
     def test_freed_or_reused_block_is_never_a_wrong_view(self):
         a = shmpool.zeros(100, np.float64)

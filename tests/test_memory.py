@@ -3,13 +3,14 @@
 import ctypes
 import gc
 import os
+import pickle
 import warnings
 
 import numpy as np
 import pytest
 
 import shmpool
-from shmpool import memory
+from shmpool import blocks, memory, ndarrays, registry, worker
 
 from conftest import file_in_use, open_fds, shm_file
 
@@ -234,3 +235,57 @@ def test_spill_to_disk_warns_once(monkeypatch):
     a[:] = 1
     assert a.sum() == 2 << 20 and not b.any()
     assert "/dev/shm" not in mapped_file(a.__array_interface__["data"][0])
+
+
+def test_stale_name_never_opens_another_file(tmp_path, monkeypatch):
+    # After pid reuse, the source's descriptor N may be any file (a FIFO, a
+    # terminal): it is not to be opened, let alone read-write.
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    other = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    a = shmpool.zeros(100)
+    name = blocks.block_of(ndarrays.locate(a)[0]).name
+    stale = name._replace(serial=name.serial + 10**6, fd=other)
+    opened = []
+    real_open = os.open
+
+    def recording_open(path, *args, **kwds):
+        opened.append(path)
+        return real_open(path, *args, **kwds)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    try:
+        with pytest.raises(shmpool.BlockUnavailable, match="another file"):
+            blocks.attach(stale)
+    finally:
+        os.close(other)
+    assert "/proc/%d/fd/%d" % (os.getpid(), other) not in opened
+
+
+called = []
+
+
+def side_effect():
+    called.append(True)
+    return []
+
+
+class Evil(object):
+    def __reduce__(self):
+        return side_effect, ()
+
+
+def test_registry_table_is_data_not_code():
+    table = registry.Registry()
+    x = shmpool.zeros(3)
+    table.publish({"x": x})
+    seen = worker.ArrayMap()
+    registry.View(table.block, seen).refresh()
+    assert np.shares_memory(seen["x"], x)
+    # What a worker could write there: nothing of it runs, the arrays stay.
+    payload = np.frombuffer(pickle.dumps(Evil()), np.uint8)
+    table.block[16:16 + payload.size] = payload
+    table.version[1] = payload.size
+    table.version[0] += 2
+    registry.View(table.block, seen).refresh()
+    assert not called and list(seen) == ["x"]
