@@ -4,7 +4,9 @@ import ctypes
 import gc
 import os
 import pickle
+import pickletools
 import warnings
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import pytest
@@ -289,3 +291,17 @@ def test_registry_table_is_data_not_code():
     table.version[0] += 2
     registry.View(table.block, seen).refresh()
     assert not called and list(seen) == ["x"]
+
+
+@pytest.mark.parametrize("default", [4, 5], ids=["default-4", "default-5-as-3.14"])
+def test_plain_arrays_pickle_at_the_picklers_protocol(monkeypatch, default):
+    monkeypatch.setattr(pickle, "DEFAULT_PROTOCOL", min(default, pickle.HIGHEST_PROTOCOL))
+    a = np.arange(1000.0)
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        data = bytes(ForkingPickler.dumps([a, a[::2], a.view(np.memmap)], protocol))
+        back = pickle.loads(data)
+        assert [type(b) for b in back] == [np.ndarray, np.ndarray, np.memmap]
+        assert np.array_equal(back[0], a) and np.array_equal(back[1], a[::2])
+        ops = {op.name for op, _, _ in pickletools.genops(data)}
+        # protocol 5: a contiguous array's data as a PickleBuffer, not a bytes copy
+        assert ("BYTEARRAY8" in ops) == (protocol >= 5), protocol
