@@ -7,8 +7,9 @@ identify it: a pid reused by a later process, whose serials start again at 1,
 does not make a name collide), the device and inode of its file, and a
 process that holds a descriptor of that file (the source: its creator, or any
 process that mapped it since).  A process that does not hold the block yet
-checks that ``/proc/SOURCE/fd/FD`` is that file before it opens and maps it,
-keeping the descriptor so that it can be a source in turn; the tag in the
+checks that ``/proc/SOURCE/fd/FD`` is that file before it opens and maps it
+(the whole file, once for all the blocks in it), keeping one descriptor per
+file so that it can be a source in turn; the tag in the
 header proves the mapping is the block that was named, so a freed, reused or
 exited block is an error, never a wrong view, and a stale name never opens
 some other file of the source's.
@@ -28,7 +29,7 @@ import stat
 import struct
 import threading
 import weakref
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple, cast
 
 from . import _compat, memory
 
@@ -55,9 +56,11 @@ if TYPE_CHECKING:
     class Buffer(ctypes.Array[ctypes.c_byte]):
         """A block's memory, header included: a ctypes byte array (of any
         length) that carries its Block, and on the portable path the
-        ``multiprocessing.heap`` wrapper that owns it."""
+        ``multiprocessing.heap`` wrapper that owns it.  (A file's whole
+        mapping, which spans are cut from, carries its descriptor here.)"""
 
         _shmpool_block: Block
+        _shmpool_fd: int
         _wrapper: BufferWrapper
         _wrapper_offset: int
 
@@ -150,7 +153,7 @@ def new(size: int, zero: bool = False) -> Buffer:
 
 def adopt(buffer: Buffer, name: Name, fd: int = -1) -> Buffer:
     """Enter ``buffer``, the block ``name``, in this process's table; ``fd`` is
-    this process's descriptor of its file, closed with the buffer."""
+    this process's descriptor of its file, open while the buffer lives."""
     block = Block(name, ctypes.addressof(buffer), fd)
     buffer._shmpool_block = block
     _table.add(buffer, block)
@@ -181,10 +184,10 @@ def find(address: int, nbytes: int = 0) -> Optional[Buffer]:
 
 
 def attach(name: Name, keep_fd: bool = True) -> Buffer:
-    """The buffer of the block ``name``: the one this process holds, or the
-    source's, mapped here once (and, with ``keep_fd``, its descriptor kept, so
-    that this process can pass the block on).  Raises ``BlockUnavailable`` if
-    it is gone."""
+    """The buffer of the block ``name``: the one this process holds, or a
+    span of its file, mapped here once for all the blocks in it (and, with
+    ``keep_fd``, one descriptor of the file kept, so that this process can
+    pass its blocks on).  Raises ``BlockUnavailable`` if it is gone."""
     with _table.lock:
         _table.purge()
         ref = _table.by_key.get(tuple(name[:3]))
@@ -194,21 +197,17 @@ def attach(name: Name, keep_fd: bool = True) -> Buffer:
     if not _compat.LINUX:
         raise BlockUnavailable(_gone(name, "cannot be reached from another process "
                                            "on this platform"))
-    fd = _open_sources_fd(name)
-    try:
-        if os.fstat(fd).st_size < name.offset + HEADER + name.size:
-            raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
-        buffer = memory.map_file(fd, name.offset, HEADER + name.size, owns_fd=keep_fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not keep_fd:
-        os.close(fd)
-        fd = -1
+    mapping = memory.mapped(name.dev, name.ino)
+    if mapping is None:
+        mapping = memory.map_whole(_open_sources_fd(name), name.dev, name.ino, keep_fd)
+    if len(mapping) < name.offset + HEADER + name.size:
+        raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
+    buffer = cast("Buffer", (ctypes.c_byte * (HEADER + name.size)).from_buffer(
+        mapping, name.offset))
     magic, tag, size = _HEADER.unpack_from(buffer, 0)
     if (magic, tag, size) != (_MAGIC, name.tag, name.size):
         raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
-    return adopt(buffer, name, fd)
+    return adopt(buffer, name, memory.fd_of(mapping))
 
 
 def _open_sources_fd(name: Name) -> int:

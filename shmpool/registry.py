@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple, cast
 
 import numpy as np
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
     from .worker import ArrayMap
 
-CAPACITY = 1 << 20  # bytes of pickled references: some thousands of arrays
+CAPACITY = 1 << 20  # bytes of references at least: thousands of arrays
 _HEAD = 16
 
 
@@ -36,16 +38,25 @@ class Registry(object):
     """The parent's side: publishes the pool's arrays."""
 
     def __init__(self) -> None:
-        self.block = ndarrays.zeros(_HEAD + CAPACITY, np.uint8)
+        self._make(CAPACITY)
+
+    def _make(self, capacity: int) -> None:
+        self.block = ndarrays.zeros(_HEAD + capacity, np.uint8)
         self.version = memoryview(self.block[:_HEAD].view(np.int64))  # quick to read
 
     def publish(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
-        """Make ``arrays`` (name -> shared ndarray) what every worker sees."""
+        """Make ``arrays`` (name -> shared ndarray) what every worker sees.
+        The first table sizes the block (no worker has it yet): twice its
+        size, for arrays shared later."""
         payload = json.dumps([_encode(name, cast("reduction.Reference", reduction.reference(a)))
                               for name, a in arrays.items()]).encode()
-        if len(payload) > CAPACITY:
-            raise ValueError("shmpool: too many shared arrays for one pool (%d bytes of "
-                             "references, at most %d)" % (len(payload), CAPACITY))
+        capacity = self.block.size - _HEAD
+        if len(payload) > capacity and int(self.version[0]) == 0:
+            self._make(2 * len(payload))
+        elif len(payload) > capacity:
+            raise ValueError("shmpool: too many shared arrays for this pool (%d bytes of "
+                             "references, at most %d: the pool's table is sized for twice "
+                             "the arrays it started with)" % (len(payload), capacity))
         v = int(self.version[0])
         self.version[0] = v + 1
         self.block[_HEAD:_HEAD + len(payload)] = np.frombuffer(payload, np.uint8)
@@ -100,8 +111,10 @@ class View(object):
                     continue
                 try:  # not tolerant here: a reference is rebuilt, or raises
                     arrays[name] = cast("npt.NDArray[Any]", reduction.rebuild(*ref))
-                except Exception:  # its memory is gone: the name is left out
-                    pass
+                except Exception as e:  # the name is left out, and why said
+                    warnings.warn("shmpool: shared array %r is left out of shmpool.arrays "
+                                  "in process %d: %s" % (name, os.getpid(), e),
+                                  RuntimeWarning, stacklevel=2)
             self.target._arrays = arrays
             self.seen = v
 

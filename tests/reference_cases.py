@@ -37,6 +37,14 @@ def views_of(base):
     }
 
 
+def script_output(name, *args):
+    """stdout of tests/scripts/NAME, run with this checkout's shmpool."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(HERE)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    return subprocess.check_output([sys.executable, os.path.join(HERE, "scripts", name)]
+                                   + list(args), env=env, timeout=100, universal_newlines=True)
+
+
 # -- functions run in workers and children ----------------------------------------------
 
 
@@ -58,6 +66,10 @@ def give_back(view):
 
 def first_row_view():
     return shmpool.arrays["x"][0]
+
+
+def count_fds(_=None):
+    return open_fds()
 
 
 def make_array(n):
@@ -221,9 +233,9 @@ class ReferenceCases(StartMethodCases):
         # Process.start() deletes its arguments: under spawn and forkserver
         # the child maps them later, and must still find them.
         for _ in range(3):
-            chunk = shmpool.copy(np.arange(1000.0))
+            chunk = shmpool.copy(np.arange(1 << 14, dtype=np.float64))  # a file of its own
             block = shm_file(chunk)
-            p = self.ctx.Process(target=check_sum, args=(chunk, 499500.0))
+            p = self.ctx.Process(target=check_sum, args=(chunk, (1 << 14) * ((1 << 14) - 1) / 2))
             p.start()
             del chunk
             gc.collect()
@@ -234,9 +246,9 @@ class ReferenceCases(StartMethodCases):
             assert not file_in_use(block)
 
     def test_process_that_exits_before_mapping_pins_nothing(self):
-        chunk = shmpool.copy(np.arange(1000.0))
+        chunk = shmpool.copy(np.arange(1 << 14, dtype=np.float64))  # a file of its own
         block = shm_file(chunk)
-        p = self.ctx.Process(target=check_sum, args=(chunk, 499500.0))
+        p = self.ctx.Process(target=check_sum, args=(chunk, (1 << 14) * ((1 << 14) - 1) / 2))
         p.start()
         p.kill()  # (under spawn and forkserver, most likely before it maps chunk)
         p.join(30)
@@ -257,11 +269,7 @@ class ReferenceCases(StartMethodCases):
 
     @pytest.mark.parametrize("block", ["with", "open"])
     def test_exit_after_break_out_of_imap_is_prompt(self, block):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [os.path.dirname(HERE)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
-        out = subprocess.check_output(
-            [sys.executable, os.path.join(HERE, "scripts", "exit_after_break.py"),
-             self.start_method, block], env=env, timeout=60)
+        out = script_output("exit_after_break.py", self.start_method, block)
         assert time.time() - float(out) < 2.5  # inflight.EXIT_WAIT was 5 s
 
     def test_queue_round_trip(self):
@@ -294,6 +302,22 @@ class ReferenceCases(StartMethodCases):
         gc.collect()
         assert open_fds() <= before  # (earlier tests' garbage may close some)
         assert child_after <= child_before
+
+    def test_descriptors_do_not_grow_with_mapped_blocks(self):
+        with self.pool(1) as pool:
+            bare = pool.apply(count_fds)
+        arrays = {"a%d" % i: np.full(10, i, np.float64) for i in range(300)}
+        with self.pool(1, arrays=arrays) as pool:
+            if self.start_method != "fork":  # (a forked worker inherits the parent's)
+                assert pool.apply(count_fds) <= bare + 5  # was one per array: +300
+            before = open_fds()
+            results = pool.map(make_array, range(1, 301))
+            assert open_fds() <= before + 5  # was one per result: +300
+            assert [a.sum() for a in results] == [n * (n * (n - 1) // 2) for n in range(1, 301)]
+
+    def test_more_arrays_than_descriptors(self):
+        out = script_output("many_arrays.py", self.start_method, "5000")
+        assert out.split() == ["(10.0,", "5000)", "(49990.0,", "5000)"]
 
     def test_plain_pickle_still_copies_data(self):
         a = shmpool.zeros(1 << 20, np.uint8)
@@ -359,7 +383,7 @@ class ReferenceCases(StartMethodCases):
         a = shmpool.zeros(100, np.float64)
         name = blocks.block_of(shmpool.ndarrays.locate(a)[0]).name
         reused = name._replace(serial=name.serial + 10**6, tag=name.tag ^ 1)
-        freed = name._replace(serial=name.serial + 10**6, fd=10**6)
+        freed = name._replace(serial=name.serial + 10**6, fd=10**6, ino=name.ino + 1)
         with pytest.raises(shmpool.BlockUnavailable, match="reused"):
             blocks.attach(reused)
         with pytest.raises(shmpool.BlockUnavailable, match="freed"):

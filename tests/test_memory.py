@@ -2,6 +2,7 @@
 
 import ctypes
 import gc
+import json
 import os
 import pickle
 import pickletools
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import shmpool
-from shmpool import blocks, memory, ndarrays, registry, worker
+from shmpool import blocks, memory, ndarrays, reduction, registry, worker
 
 from conftest import file_in_use, open_fds, shm_file
 
@@ -212,14 +213,44 @@ def test_memory_returned_when_last_view_dies():
     assert not file_in_use(block)
 
 
-def test_each_block_holds_one_descriptor_until_collected():
-    fds = len(os.listdir("/proc/self/fd"))
-    keep = [shmpool.zeros(100, np.float16) for _ in range(500)]
-    assert len(os.listdir("/proc/self/fd")) - fds == 500
+def test_small_arrays_share_files_and_descriptors():
+    memory._arena[:] = []  # the arena being cut is kept for the next array
+    fds = open_fds()
+    keep = [shmpool.zeros(100, np.float16) for _ in range(5000)]  # 1.2 MB in all
+    assert len(os.listdir("/proc/self/fd")) - fds <= 2  # an arena file per MiB
     assert all(shmpool.is_shared(k) for k in keep)
-    del keep
+    keep[0][:] = 1
+    assert not any(k.any() for k in keep[1:])  # no two overlap
+    big = [shmpool.zeros(memory.SMALL, np.uint8) for _ in range(3)]
+    assert len(os.listdir("/proc/self/fd")) - fds <= 5  # a file each
+    del keep, big
+    memory._arena[:] = []
+    assert open_fds() == fds
+
+
+def test_arena_memory_is_never_handed_out_twice():
+    a = shmpool.zeros(1000, np.uint8)
+    where = a.__array_interface__["data"][0]
+    del a
     gc.collect()
-    assert len(os.listdir("/proc/self/fd")) == fds
+    b = shmpool.zeros(1000, np.uint8)  # another process may still map a's memory
+    assert b.__array_interface__["data"][0] != where
+
+
+def test_fork_child_cuts_an_arena_of_its_own():
+    a = shmpool.zeros(10, np.uint8)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child makes its next array while the parent makes its own
+        c = shmpool.zeros(10, np.uint8)
+        os.write(w, b"%d" % shm_file(c)[1])
+        os._exit(0)
+    os.close(w)
+    child_file = int(os.read(r, 100))
+    os.close(r)
+    os.waitpid(pid, 0)
+    b = shmpool.zeros(10, np.uint8)
+    assert shm_file(b) == shm_file(a) and child_file != shm_file(a)[1]
 
 
 def test_spill_to_disk_warns_once(monkeypatch):
@@ -247,7 +278,7 @@ def test_stale_name_never_opens_another_file(tmp_path, monkeypatch):
     other = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
     a = shmpool.zeros(100)
     name = blocks.block_of(ndarrays.locate(a)[0]).name
-    stale = name._replace(serial=name.serial + 10**6, fd=other)
+    stale = name._replace(serial=name.serial + 10**6, fd=other, ino=name.ino + 10**6)
     opened = []
     real_open = os.open
 
@@ -305,3 +336,41 @@ def test_plain_arrays_pickle_at_the_picklers_protocol(monkeypatch, default):
         ops = {op.name for op, _, _ in pickletools.genops(data)}
         # protocol 5: a contiguous array's data as a PickleBuffer, not a bytes copy
         assert ("BYTEARRAY8" in ops) == (protocol >= 5), protocol
+
+
+def write_table(table, entries):
+    payload = np.frombuffer(json.dumps(entries).encode(), np.uint8)
+    table.block[16:16 + payload.size] = payload
+    table.version[1] = payload.size
+    table.version[0] += 2
+
+
+def test_registry_says_which_array_it_leaves_out():
+    table = registry.Registry()
+    x = shmpool.zeros(3)
+    ref = reduction.reference(x)
+    gone = blocks.Name(*ref[0])._replace(serial=10**6, fd=10**6, ino=1)  # freed since
+    write_table(table, [registry._encode("x", (tuple(gone),) + ref[1:])])
+    seen = worker.ArrayMap()
+    with pytest.warns(RuntimeWarning, match="'x' is left out.*freed"):
+        registry.View(table.block, seen).refresh()
+    assert "x" not in seen
+
+
+def test_fd_limit_is_said_as_such(monkeypatch, tmp_path):
+    resource = pytest.importorskip("resource")
+    fd = os.open(str(tmp_path / "block"), os.O_RDWR | os.O_CREAT)
+    os.ftruncate(fd, 4096)
+    st = os.fstat(fd)
+    name = blocks.Name(os.getpid(), 10**6, 1, fd, 0, 100, os.getpid(), st.st_dev, st.st_ino)
+    monkeypatch.setattr(shmpool._compat, "raise_fd_limit", lambda: False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
+    try:
+        with pytest.raises(shmpool.BlockUnavailable, match="Too many open files.*RLIMIT_NOFILE"):
+            blocks.attach(name)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        os.close(fd)
