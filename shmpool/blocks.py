@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 
         _shmpool_block: Block
         _shmpool_fd: int
+        _shmpool_free: Dict[int, List[int]]  # (an arena's mapping's)
+        _shmpool_slot: memory.Slot  # (a span of an arena's)
         _wrapper: BufferWrapper
         _wrapper_offset: int
 
@@ -68,16 +70,21 @@ if TYPE_CHECKING:
 class Block(object):
     """What this process knows of one block; hangs off the block's buffer."""
 
-    __slots__ = ("name", "start", "stop", "fd")
+    __slots__ = ("name", "start", "stop", "fd", "slot")
 
-    def __init__(self, name: Name, start: int, fd: int) -> None:
+    def __init__(self, name: Name, start: int, fd: int,
+                 slot: Optional[memory.Slot] = None) -> None:
         self.name = name
         self.start = start  # address of the header
         self.stop = start + HEADER + name.size
         self.fd = fd  # this process's descriptor of the block's file, or -1
+        self.slot = slot  # where this process made it in an arena, if it did
 
     def name_here(self) -> Name:
-        """The block's name, with this process as the source if it can be."""
+        """The block's name, with this process as the source if it can be
+        (once named, its memory is never reused: another process may map it)."""
+        if self.slot is not None:
+            self.slot.shared = True
         if self.fd < 0:
             return self.name
         return self.name._replace(source=os.getpid(), fd=self.fd)
@@ -154,7 +161,7 @@ def new(size: int, zero: bool = False) -> Buffer:
 def adopt(buffer: Buffer, name: Name, fd: int = -1) -> Buffer:
     """Enter ``buffer``, the block ``name``, in this process's table; ``fd`` is
     this process's descriptor of its file, open while the buffer lives."""
-    block = Block(name, ctypes.addressof(buffer), fd)
+    block = Block(name, ctypes.addressof(buffer), fd, getattr(buffer, "_shmpool_slot", None))
     buffer._shmpool_block = block
     _table.add(buffer, block)
     return buffer
@@ -172,14 +179,14 @@ def find(address: int, nbytes: int = 0) -> Optional[Buffer]:
     with table.lock:
         table.purge()
         i = bisect.bisect_right(table.starts, address) - 1
-        if i < 0:
-            return None
-        buffer = table.refs[i]()
-    if buffer is None:
-        return None
-    block = buffer._shmpool_block
-    if block.data <= address and address + nbytes <= block.stop:
-        return buffer
+        # (the one before too: an empty view at the end of a block of an
+        # arena starts where the next block does)
+        candidates = [ref() for ref in table.refs[max(i - 1, 0):i + 1][::-1]]
+    for buffer in candidates:
+        if buffer is not None:
+            block = buffer._shmpool_block
+            if block.data <= address and address + nbytes <= block.stop:
+                return buffer
     return None
 
 

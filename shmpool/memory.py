@@ -4,10 +4,13 @@ On Linux spans are files in ``/dev/shm``, unlinked at creation and mapped
 ``MAP_SHARED``, like the arenas of CPython's ``multiprocessing.heap`` that
 ``sharedctypes.RawArray`` uses, minus RawArray's zero-fill of pages that are
 fresh and zero already.  A span of ``SMALL`` bytes or less is cut from an
-arena file of ``ARENA`` bytes, one after the other, and no part of an arena
-is ever handed out twice: other processes may map a span after its creator
-has let it go, and must never see that memory reused under their feet.  A
-bigger span is a file of its own.  So descriptors and mappings grow with the
+arena file of ``ARENA`` bytes, one after the other, and a span is handed out
+again only if no other process can have it: other processes may map a span
+after its creator has let it go, and must never see that memory reused under
+their feet.  So a span of the arena being cut is reused once it dies only if
+it was never ``shared`` (named to another process) and this process has not
+forked since it was made (temporaries, say).  A bigger span is a file of its
+own.  So descriptors and mappings grow with the
 memory in use, not with the number of arrays.  The memory of a file goes back
 to the system when the last process unmaps it (for an arena: once every span
 of it is let go everywhere), on every Python.  A process maps a file once,
@@ -62,7 +65,7 @@ def allocate(size: int, zero: bool = False) -> Tuple[Buffer, int, int]:
     if not _compat.LINUX:
         return _from_heap(size, zero)
     if size <= SMALL:
-        return _from_arena(size)  # fresh: zero already
+        return _from_arena(size, zero)
     buffer = _new_file(size)
     return buffer, fd_of(buffer), 0
 
@@ -85,21 +88,56 @@ def _new_file(size: int) -> Buffer:
     return buffer
 
 
+class Slot(object):
+    """A span of an arena: reusable once dead, unless ``shared`` or made
+    before this process last forked."""
+
+    __slots__ = ("forks", "shared")
+
+    def __init__(self) -> None:
+        self.forks = _forks[0]
+        self.shared = False
+
+
 _arena: List[Buffer] = []  # the arena being cut, with its cursor
 _arena_top = [0]
 _arena_lock = threading.Lock()
+_forks = [0]  # forks this process made
+_finalizers: Dict[int, weakref.ref[Buffer]] = {}
 
 
-def _from_arena(size: int) -> Tuple[Buffer, int, int]:
+def _from_arena(size: int, zero: bool) -> Tuple[Buffer, int, int]:
     step = size + -size % ALIGNMENT
     with _arena_lock:
-        if not _arena or _arena_top[0] + step > ARENA:
-            _arena[:] = [_new_file(ARENA)]
-            _arena_top[0] = 0
-        arena, offset = _arena[0], _arena_top[0]
-        _arena_top[0] += step
+        try:
+            offset = _arena[0]._shmpool_free.get(step, []).pop()
+            arena, fresh = _arena[0], False
+        except IndexError:
+            if not _arena or _arena_top[0] + step > ARENA:
+                _arena[:] = [_new_file(ARENA)]
+                _arena[0]._shmpool_free = {}  # span size -> offsets to reuse
+                _arena_top[0] = 0
+            arena, offset, fresh = _arena[0], _arena_top[0], True
+            _arena_top[0] += step
+    reusable = arena._shmpool_free
     buffer = cast("Buffer", (ctypes.c_byte * size).from_buffer(arena, offset))
+    if zero and not fresh:
+        ctypes.memset(ctypes.addressof(buffer), 0, size)
+    slot = buffer._shmpool_slot = Slot()
+
+    def dead(ref: weakref.ref[Buffer], forget: Callable[[int, None], object] = _finalizers.pop,
+             forks: List[int] = _forks) -> None:
+        forget(id(ref), None)
+        if not slot.shared and slot.forks == forks[0]:
+            reusable.setdefault(step, []).append(offset)  # (atomic: no lock in a gc callback)
+
+    ref = weakref.ref(buffer, dead)
+    _finalizers[id(ref)] = ref
     return buffer, fd_of(arena), offset
+
+
+def _count_fork() -> None:
+    _forks[0] += 1
 
 
 def _after_fork() -> None:
@@ -110,7 +148,7 @@ def _after_fork() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+    os.register_at_fork(before=_count_fork, after_in_child=_after_fork)
 
 
 # -- files mapped whole, by (device, inode) -----------------------------------------
@@ -397,9 +435,6 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-_finalizers: Dict[int, weakref.ref[Buffer]] = {}
 
 
 def _release_when_collected(buffer: Buffer, address: int, length: int, fd: int) -> None:

@@ -228,13 +228,41 @@ def test_small_arrays_share_files_and_descriptors():
     assert open_fds() == fds
 
 
-def test_arena_memory_is_never_handed_out_twice():
+def address(a):
+    return a.__array_interface__["data"][0]
+
+
+def test_empty_view_at_the_end_is_of_its_own_block():
+    for size in (0, 64, 1000):  # (the next block of the arena starts right after)
+        blocks_ = [shmpool.zeros(size, np.uint8) for _ in range(3)]
+        for b in blocks_:
+            end = b[size:]
+            assert shmpool.is_shared(end) and ndarrays.locate(end)[0] is ndarrays.locate(b)[0]
+
+
+def test_arena_reuses_only_memory_no_other_process_can_have():
     a = shmpool.zeros(1000, np.uint8)
-    where = a.__array_interface__["data"][0]
+    reduction.reference(a)  # named, as to another process
+    where_a = address(a)
     del a
     gc.collect()
     b = shmpool.zeros(1000, np.uint8)  # another process may still map a's memory
-    assert b.__array_interface__["data"][0] != where
+    assert address(b) != where_a
+    b[:] = 7
+    where_b = address(b)
+    del b
+    gc.collect()
+    c = shmpool.zeros(1000, np.uint8)  # b never left this process: reused, zeroed
+    assert address(c) == where_b and not c.any()
+    d = shmpool.zeros(1000, np.uint8)
+    pid = os.fork()  # a child has d's memory now
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    where_d = address(d)
+    del d
+    gc.collect()
+    assert address(shmpool.zeros(1000, np.uint8)) != where_d
 
 
 def test_fork_child_cuts_an_arena_of_its_own():
