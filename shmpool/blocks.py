@@ -62,6 +62,7 @@ if TYPE_CHECKING:
         _shmpool_block: Block
         _shmpool_fd: int
         _shmpool_free: Dict[int, List[int]]  # (an arena's mapping's)
+        _shmpool_top: int  # (an arena's mapping's)
         _shmpool_slot: memory.Slot  # (a span of an arena's)
         _wrapper: BufferWrapper
         _wrapper_offset: int

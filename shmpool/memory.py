@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 
 #: Start address alignment of every span.
 ALIGNMENT = 64
-#: Spans of at most this many bytes share arena files of ``ARENA`` bytes.
+#: Spans of at most this many bytes share arena files: the first of
+#: ``4 * SMALL`` bytes, each next one twice as big up to ``ARENA``.
 SMALL = 64 << 10
 ARENA = 1 << 20
 
@@ -99,8 +100,9 @@ class Slot(object):
         self.shared = False
 
 
-_arena: List[Buffer] = []  # the arena being cut, with its cursor
-_arena_top = [0]
+# The arena being cut, weakly: it goes with its last span, as any memory does.
+_arena: List[weakref.ref[Buffer]] = []
+_arena_size = [4 * SMALL]  # of the next arena
 _arena_lock = threading.Lock()
 _forks = [0]  # forks this process made
 _finalizers: Dict[int, weakref.ref[Buffer]] = {}
@@ -109,16 +111,22 @@ _finalizers: Dict[int, weakref.ref[Buffer]] = {}
 def _from_arena(size: int, zero: bool) -> Tuple[Buffer, int, int]:
     step = size + -size % ALIGNMENT
     with _arena_lock:
-        try:
-            offset = _arena[0]._shmpool_free.get(step, []).pop()
-            arena, fresh = _arena[0], False
-        except IndexError:
-            if not _arena or _arena_top[0] + step > ARENA:
-                _arena[:] = [_new_file(ARENA)]
-                _arena[0]._shmpool_free = {}  # span size -> offsets to reuse
-                _arena_top[0] = 0
-            arena, offset, fresh = _arena[0], _arena_top[0], True
-            _arena_top[0] += step
+        arena = _arena[0]() if _arena else None
+        if arena is not None and arena._shmpool_top + step > len(arena) and not (
+                arena._shmpool_free.get(step)):
+            _arena_size[0] = min(2 * _arena_size[0], ARENA)  # it filled up
+            arena = None
+        if arena is None:
+            arena = _new_file(_arena_size[0])
+            arena._shmpool_free, arena._shmpool_top = {}, 0  # (span size -> offsets)
+            _arena[:] = [weakref.ref(arena)]
+        free = arena._shmpool_free.get(step)
+        fresh = not free
+        if free:
+            offset = free.pop()
+        else:
+            offset = arena._shmpool_top
+            arena._shmpool_top += step
     reusable = arena._shmpool_free
     buffer = cast("Buffer", (ctypes.c_byte * size).from_buffer(arena, offset))
     if zero and not fresh:
