@@ -46,6 +46,17 @@ def raise_fd_limit() -> bool:
     return True
 
 
+def fd_limit() -> str:
+    """This process's limit on open files, said for an error message."""
+    try:
+        import resource
+    except ImportError:
+        return "no limit known"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return "RLIMIT_NOFILE is %d, hard limit %s" % (
+        soft, "unlimited" if hard == resource.RLIM_INFINITY else hard)
+
+
 if TYPE_CHECKING:
     nullcontext = contextlib.nullcontext
 else:

@@ -2,13 +2,17 @@
 
 A block is a span of shared memory that starts with a 64-byte header (magic,
 random tag, size) followed by the data.  Across processes a block is named by
-``Name``: its creator's pid and serial number (which identify it), its tag,
-and a process that holds a descriptor of its file (the source: its creator,
-or any process that mapped it since).  A process that does not hold the block
-yet opens that descriptor through ``/proc/SOURCE/fd/FD`` and maps it, keeping
-the descriptor so that it can be a source in turn; the tag in the header
-proves the mapping is the block that was named, so a freed, reused or exited
-block is an error, never a wrong view.
+``Name``: its creator's pid, serial number and random tag (which together
+identify it: a pid reused by a later process, whose serials start again at 1,
+does not make a name collide), the device and inode of its file, and a
+process that holds a descriptor of that file (the source: its creator, or any
+process that mapped it since).  A process that does not hold the block yet
+checks that ``/proc/SOURCE/fd/FD`` is that file before it opens and maps it
+(the whole file, once for all the blocks in it), keeping one descriptor per
+file so that it can be a source in turn; the tag in the
+header proves the mapping is the block that was named, so a freed, reused or
+exited block is an error, never a wrong view, and a stale name never opens
+some other file of the source's.
 
 The table holds blocks weakly: a block lives as long as some array uses its
 memory, and leaves the table when it dies.
@@ -21,10 +25,11 @@ import ctypes
 import errno
 import itertools
 import os
+import stat
 import struct
 import threading
 import weakref
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple, cast
 
 from . import _compat, memory
 
@@ -36,9 +41,11 @@ _HEADER = struct.Struct("<8sQQ")
 _MAGIC = b"shmpool\x01"
 
 #: Everything a process needs to reach a block it does not hold yet: (pid,
-#: serial) identify it; ``source`` holds it as descriptor ``fd``.
+#: serial, tag) identify it; ``source`` holds its file (``dev``, ``ino``) as
+#: descriptor ``fd``.
 Name = NamedTuple("Name", [("pid", int), ("serial", int), ("tag", int), ("fd", int),
-                           ("offset", int), ("size", int), ("source", int)])
+                           ("offset", int), ("size", int), ("source", int),
+                           ("dev", int), ("ino", int)])
 
 
 class BlockUnavailable(RuntimeError):
@@ -49,9 +56,14 @@ if TYPE_CHECKING:
     class Buffer(ctypes.Array[ctypes.c_byte]):
         """A block's memory, header included: a ctypes byte array (of any
         length) that carries its Block, and on the portable path the
-        ``multiprocessing.heap`` wrapper that owns it."""
+        ``multiprocessing.heap`` wrapper that owns it.  (A file's whole
+        mapping, which spans are cut from, carries its descriptor here.)"""
 
         _shmpool_block: Block
+        _shmpool_fd: int
+        _shmpool_free: Dict[int, List[int]]  # (an arena's mapping's)
+        _shmpool_top: int  # (an arena's mapping's)
+        _shmpool_slot: memory.Slot  # (a span of an arena's)
         _wrapper: BufferWrapper
         _wrapper_offset: int
 
@@ -59,16 +71,21 @@ if TYPE_CHECKING:
 class Block(object):
     """What this process knows of one block; hangs off the block's buffer."""
 
-    __slots__ = ("name", "start", "stop", "fd")
+    __slots__ = ("name", "start", "stop", "fd", "slot")
 
-    def __init__(self, name: Name, start: int, fd: int) -> None:
+    def __init__(self, name: Name, start: int, fd: int,
+                 slot: Optional[memory.Slot] = None) -> None:
         self.name = name
         self.start = start  # address of the header
         self.stop = start + HEADER + name.size
         self.fd = fd  # this process's descriptor of the block's file, or -1
+        self.slot = slot  # where this process made it in an arena, if it did
 
     def name_here(self) -> Name:
-        """The block's name, with this process as the source if it can be."""
+        """The block's name, with this process as the source if it can be
+        (once named, its memory is never reused: another process may map it)."""
+        if self.slot is not None:
+            self.slot.shared = True
         if self.fd < 0:
             return self.name
         return self.name._replace(source=os.getpid(), fd=self.fd)
@@ -84,7 +101,7 @@ class _Table(object):
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.by_key: Dict[Tuple[int, ...], weakref.ref[Buffer]] = {}  # (pid, serial) ->
+        self.by_key: Dict[Tuple[int, ...], weakref.ref[Buffer]] = {}  # (pid, serial, tag) ->
         self.starts: List[int] = []  # sorted header addresses
         self.refs: List[weakref.ref[Buffer]] = []  # weakref to the buffer, parallel to starts
         # keys of collected blocks, purged under the lock
@@ -101,7 +118,7 @@ class _Table(object):
                 del self.starts[i], self.refs[i]
 
     def add(self, buffer: Buffer, block: Block) -> None:
-        key = block.name[:2]
+        key = block.name[:3]
         dead = self.dead
 
         def forget(_: object, k: Tuple[int, ...] = key, s: int = block.start) -> None:
@@ -136,14 +153,16 @@ def new(size: int, zero: bool = False) -> Buffer:
     buffer, fd, offset = memory.allocate(HEADER + size, zero)
     tag = struct.unpack("<Q", os.urandom(8))[0]
     _HEADER.pack_into(buffer, 0, _MAGIC, tag, size)
-    name = Name(os.getpid(), next(_serial), tag, fd, offset, size, os.getpid())
+    st = os.fstat(fd) if fd >= 0 else None
+    name = Name(os.getpid(), next(_serial), tag, fd, offset, size, os.getpid(),
+                st.st_dev if st else 0, st.st_ino if st else 0)
     return adopt(buffer, name, fd)
 
 
 def adopt(buffer: Buffer, name: Name, fd: int = -1) -> Buffer:
     """Enter ``buffer``, the block ``name``, in this process's table; ``fd`` is
-    this process's descriptor of its file, closed with the buffer."""
-    block = Block(name, ctypes.addressof(buffer), fd)
+    this process's descriptor of its file, open while the buffer lives."""
+    block = Block(name, ctypes.addressof(buffer), fd, getattr(buffer, "_shmpool_slot", None))
     buffer._shmpool_block = block
     _table.add(buffer, block)
     return buffer
@@ -161,64 +180,76 @@ def find(address: int, nbytes: int = 0) -> Optional[Buffer]:
     with table.lock:
         table.purge()
         i = bisect.bisect_right(table.starts, address) - 1
-        if i < 0:
-            return None
-        buffer = table.refs[i]()
-    if buffer is None:
-        return None
-    block = buffer._shmpool_block
-    if block.data <= address and address + nbytes <= block.stop:
-        return buffer
+        # (the one before too: an empty view at the end of a block of an
+        # arena starts where the next block does)
+        candidates = [ref() for ref in table.refs[max(i - 1, 0):i + 1][::-1]]
+    for buffer in candidates:
+        if buffer is not None:
+            block = buffer._shmpool_block
+            if block.data <= address and address + nbytes <= block.stop:
+                return buffer
     return None
 
 
 def attach(name: Name, keep_fd: bool = True) -> Buffer:
-    """The buffer of the block ``name``: the one this process holds, or the
-    source's, mapped here once (and, with ``keep_fd``, its descriptor kept, so
-    that this process can pass the block on).  Raises ``BlockUnavailable`` if
-    it is gone."""
+    """The buffer of the block ``name``: the one this process holds, or a
+    span of its file, mapped here once for all the blocks in it (and, with
+    ``keep_fd``, one descriptor of the file kept, so that this process can
+    pass its blocks on).  Raises ``BlockUnavailable`` if it is gone."""
     with _table.lock:
         _table.purge()
-        ref = _table.by_key.get(tuple(name[:2]))
+        ref = _table.by_key.get(tuple(name[:3]))
     buffer = ref() if ref is not None else None
     if buffer is not None:
-        if buffer._shmpool_block.name.tag != name.tag:
-            raise BlockUnavailable(_gone(name, "was freed and its name reused"))
         return buffer
     if not _compat.LINUX:
         raise BlockUnavailable(_gone(name, "cannot be reached from another process "
                                            "on this platform"))
+    mapping = memory.mapped(name.dev, name.ino)
+    if mapping is None:
+        mapping = memory.map_whole(_open_sources_fd(name), name.dev, name.ino, keep_fd)
+    if len(mapping) < name.offset + HEADER + name.size:
+        raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
+    buffer = cast("Buffer", (ctypes.c_byte * (HEADER + name.size)).from_buffer(
+        mapping, name.offset))
+    magic, tag, size = _HEADER.unpack_from(buffer, 0)
+    if (magic, tag, size) != (_MAGIC, name.tag, name.size):
+        raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
+    return adopt(buffer, name, memory.fd_of(mapping))
+
+
+def _open_sources_fd(name: Name) -> int:
+    """This process's descriptor of the block's file, opened through the
+    source's once it is known to be that file (a stale name may point at any
+    other file of the source's, such as a terminal, not to be opened)."""
+    path = "/proc/%d/fd/%d" % (name.source, name.fd)
     try:
-        fd = _open_sources_fd(name)
-    except OSError:
+        if not _is_file_of(os.stat(path), name):
+            raise BlockUnavailable(_gone(name, "was freed by process %d (its descriptor "
+                                               "%d is another file now)" % (name.source, name.fd)))
+        for attempt in (0, 1):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+                break
+            except OSError as e:
+                if e.errno != errno.EMFILE or attempt or not _compat.raise_fd_limit():
+                    raise
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            raise BlockUnavailable(_gone(name, "cannot be mapped here: %s (%s)" % (
+                os.strerror(e.errno), _compat.fd_limit()))) from None
         why = ("was freed by process %d" % name.source
                if os.path.exists("/proc/%d" % name.source)
                else "belonged to a process that has exited (%d)" % name.source)
         raise BlockUnavailable(_gone(name, why)) from None
-    try:
-        if os.fstat(fd).st_size < name.offset + HEADER + name.size:
-            raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
-        buffer = memory.map_file(fd, name.offset, HEADER + name.size, owns_fd=keep_fd)
-    except BaseException:
+    if not _is_file_of(os.fstat(fd), name):  # (replaced between stat and open)
         os.close(fd)
-        raise
-    if not keep_fd:
-        os.close(fd)
-        fd = -1
-    magic, tag, size = _HEADER.unpack_from(buffer, 0)
-    if (magic, tag, size) != (_MAGIC, name.tag, name.size):
-        raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
-    return adopt(buffer, name, fd)
+        raise BlockUnavailable(_gone(name, "was freed by process %d" % name.source))
+    return fd
 
 
-def _open_sources_fd(name: Name) -> int:
-    path = "/proc/%d/fd/%d" % (name.source, name.fd)
-    try:
-        return os.open(path, os.O_RDWR)
-    except OSError as e:
-        if e.errno != errno.EMFILE or not _compat.raise_fd_limit():
-            raise
-    return os.open(path, os.O_RDWR)
+def _is_file_of(st: os.stat_result, name: Name) -> bool:
+    return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (name.dev, name.ino)
 
 
 def _gone(name: Name, why: str) -> str:

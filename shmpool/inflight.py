@@ -6,20 +6,23 @@ sent (a worker's result, a temporary passed to ``apply_async``) still arrives.
 Each such reference carries a slot of the sender's ack page, a small shared
 block: the sender writes a generation byte there, the receiver clears it once
 mapped, and the sender lets go of blocks whose slots are clear.  A reference
-that is never received is let go after ``HOLD_SECONDS``.  A process that
-exits waits for its receivers first (at most ``EXIT_WAIT``): a worker's last
-result outlives the worker.
+that is never received is let go after ``HOLD_SECONDS``, and one whose only
+receiver is gone at once: a process being started that exited, or the frames
+of a ``Channel`` (a pool's task pipe) that was discarded when the pool
+terminated.  A process that exits waits for the receivers that can still take
+what it sent (at most ``EXIT_WAIT``): a worker's last result outlives the worker.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import os
 import threading
 import time
-from multiprocessing import util
-from typing import TYPE_CHECKING, Dict, Optional, Tuple, cast
+from multiprocessing import connection, util
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple, cast
 
 from . import blocks
 
@@ -38,29 +41,61 @@ class _Sender(object):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.page: Optional[blocks.Buffer] = None  # this process's ack page
-        # slot -> (generation, buffer, deadline)
-        self.holds: Dict[int, Tuple[int, blocks.Buffer, float]] = {}
+        # slot -> (generation, buffer, deadline, receiver): the receiver a
+        # Channel, the Popen of a process being started, or None (any)
+        self.holds: Dict[int, Tuple[int, blocks.Buffer, float, Any]] = {}
         self.cursor = 0
         self.generation = 0
         self.next_sweep = 0.0
 
 
+class Channel(object):
+    """The holds taken for the frames sent down one pipe (within ``sending``),
+    let go of together by ``discard`` once no process can read those frames:
+    after that, frames sent through it take no holds."""
+
+    def __init__(self) -> None:
+        self.discarded = False
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        """Holds taken in this thread meanwhile belong to this channel."""
+        outer = getattr(_local, "channel", None)
+        _local.channel = self
+        try:
+            yield
+        finally:
+            _local.channel = outer
+
+    def discard(self) -> None:
+        """Let go of this channel's holds: their receivers are gone."""
+        self.discarded = True
+        release()
+
+
 _sender = _Sender()
+_local = threading.local()
 # receiver side: sender's page key -> buffer
 _pages: collections.OrderedDict[Tuple[int, ...], blocks.Buffer] = collections.OrderedDict()
 _SWEEP_EVERY = 0.05  # seconds between sweeps, but for explicit gc.collect()
 
 
-def hold(buffer: blocks.Buffer) -> Optional[Ack]:
+def hold(buffer: blocks.Buffer, child: Any = None) -> Optional[Ack]:
     """Keep ``buffer`` alive until a receiver acknowledges; return the
-    acknowledgement the reference carries, or None."""
+    acknowledgement the reference carries, or None.  ``child``, the Popen of
+    a process being started, is the only receiver: if it exits first, the
+    hold is let go of."""
     s = _sender
+    receiver = child if child is not None else getattr(_local, "channel", None)
+    if isinstance(receiver, Channel) and receiver.discarded:
+        return None
     with s.lock:
         if s.page is None:
             s.page = blocks.new(_SLOTS, zero=True)
             # A process that exits (a worker retired by maxtasksperchild, say)
-            # first lets its receivers map what it sent them.
-            util.Finalize(None, _wait_for_receivers, exitpriority=100)
+            # first lets its receivers map what it sent them; after the pools
+            # still open (priority 15) have terminated and discarded theirs.
+            util.Finalize(None, _wait_for_receivers, exitpriority=10)
         if len(s.holds) >= _SLOTS or time.monotonic() >= s.next_sweep:
             _sweep(s)
             if len(s.holds) >= _SLOTS:
@@ -71,17 +106,33 @@ def hold(buffer: blocks.Buffer) -> Optional[Ack]:
         s.cursor = (s.cursor + 1) % _SLOTS
         s.generation = s.generation % 127 + 1  # fits a signed byte
         s.page[blocks.HEADER + slot] = s.generation
-        s.holds[slot] = (s.generation, buffer, time.monotonic() + HOLD_SECONDS)
+        s.holds[slot] = (s.generation, buffer, time.monotonic() + HOLD_SECONDS, receiver)
         return tuple(blocks.block_of(s.page).name), slot, s.generation
 
 
 def _sweep(s: _Sender) -> None:
-    """Let go of the holds that were acknowledged or have expired."""
+    """Let go of the holds that were acknowledged, have expired or whose
+    receiver is gone."""
     page, now = cast("blocks.Buffer", s.page), time.monotonic()  # there once anything is held
-    for slot, (generation, _, deadline) in list(s.holds.items()):
-        if page[blocks.HEADER + slot] != generation or deadline <= now:
+    gone: Dict[int, bool] = {}  # id(receiver) -> whether it is gone
+    for slot, (generation, _, deadline, receiver) in list(s.holds.items()):
+        if receiver is not None and id(receiver) not in gone:
+            gone[id(receiver)] = _gone(receiver)
+        if (page[blocks.HEADER + slot] != generation or deadline <= now
+                or receiver is not None and gone[id(receiver)]):
             del s.holds[slot]
     s.next_sweep = now + _SWEEP_EVERY
+
+
+def _gone(receiver: Any) -> bool:
+    """Whether a Channel was discarded, or the process of a Popen has exited
+    (seen on its sentinel: reaping it is its Process object's business)."""
+    if isinstance(receiver, Channel):
+        return receiver.discarded
+    if getattr(receiver, "returncode", None) is not None:
+        return True  # reaped already (its sentinel may be closed)
+    sentinel = getattr(receiver, "sentinel", None)  # (not yet while it starts)
+    return sentinel is not None and bool(connection.wait([sentinel], 0))
 
 
 def release(force: bool = True) -> None:
@@ -106,7 +157,7 @@ def _wait_for_receivers(timeout: float = EXIT_WAIT) -> None:
 
 def acknowledge(page: Tuple[int, ...], slot: int, generation: int) -> None:
     """Tell the sender whose ack page is ``page`` that its reference arrived."""
-    key = tuple(page[:2])
+    key = tuple(page[:3])
     buffer = _pages.get(key)
     if buffer is None:
         try:

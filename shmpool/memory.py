@@ -1,13 +1,20 @@
 """Raw spans of process-shared memory: where they live and how they are mapped.
 
-On Linux every span is a file of its own in ``/dev/shm``, unlinked at
-creation and mapped ``MAP_SHARED``, like the arenas of CPython's
-``multiprocessing.heap`` that ``sharedctypes.RawArray`` uses, minus RawArray's
-zero-fill of pages that are fresh and zero already.  One file per span, not a
-slice of a shared arena, because other processes may map a span after its
-creator has let it go: an arena would hand that memory to the creator's next
-allocation under their feet.  The memory goes back to the system when the last
-process unmaps it, on every Python.
+On Linux spans are files in ``/dev/shm``, unlinked at creation and mapped
+``MAP_SHARED``, like the arenas of CPython's ``multiprocessing.heap`` that
+``sharedctypes.RawArray`` uses, minus RawArray's zero-fill of pages that are
+fresh and zero already.  A span of ``SMALL`` bytes or less is cut from an
+arena file of ``ARENA`` bytes, one after the other, and a span is handed out
+again only if no other process can have it: other processes may map a span
+after its creator has let it go, and must never see that memory reused under
+their feet.  So a span of the arena being cut is reused once it dies only if
+it was never ``shared`` (named to another process) and this process has not
+forked since it was made (temporaries, say).  A bigger span is a file of its
+own.  So descriptors and mappings grow with the
+memory in use, not with the number of arrays.  The memory of a file goes back
+to the system when the last process unmaps it (for an arena: once every span
+of it is let go everywhere), on every Python.  A process maps a file once,
+whole, for every span of it (``mapped``, ``map_whole``).
 
 The space is reserved up front with ``posix_fallocate``: a full ``/dev/shm``
 is a ``MemoryError`` at allocation, never a SIGBUS later.  A span that
@@ -39,6 +46,10 @@ if TYPE_CHECKING:
 
 #: Start address alignment of every span.
 ALIGNMENT = 64
+#: Spans of at most this many bytes share arena files: the first of
+#: ``4 * SMALL`` bytes, each next one twice as big up to ``ARENA``.
+SMALL = 64 << 10
+ARENA = 1 << 20
 
 _SHM_DIR = "/dev/shm"
 
@@ -54,6 +65,15 @@ def allocate(size: int, zero: bool = False) -> Tuple[Buffer, int, int]:
     the space cannot be reserved."""
     if not _compat.LINUX:
         return _from_heap(size, zero)
+    if size <= SMALL:
+        return _from_arena(size, zero)
+    buffer = _new_file(size)
+    return buffer, fd_of(buffer), 0
+
+
+def _new_file(size: int) -> Buffer:
+    """A new reserved file of ``size`` bytes, mapped whole (and pre-faulted
+    when in /dev/shm)."""
     fd, in_memory = _reserved_file(max(size, 1))
     advise = in_memory and _populate_write[0]
     try:
@@ -64,7 +84,114 @@ def allocate(size: int, zero: bool = False) -> Tuple[Buffer, int, int]:
         raise
     if advise:
         _prefault(buffer)
-    return buffer, fd, 0
+    st = os.fstat(fd)
+    _register(buffer, fd, st.st_dev, st.st_ino)
+    return buffer
+
+
+class Slot(object):
+    """A span of an arena: reusable once dead, unless ``shared`` or made
+    before this process last forked."""
+
+    __slots__ = ("forks", "shared")
+
+    def __init__(self) -> None:
+        self.forks = _forks[0]
+        self.shared = False
+
+
+# The arena being cut, weakly: it goes with its last span, as any memory does.
+_arena: List[weakref.ref[Buffer]] = []
+_arena_size = [4 * SMALL]  # of the next arena
+_arena_lock = threading.Lock()
+_forks = [0]  # forks this process made
+_finalizers: Dict[int, weakref.ref[Buffer]] = {}
+
+
+def _from_arena(size: int, zero: bool) -> Tuple[Buffer, int, int]:
+    step = size + -size % ALIGNMENT
+    with _arena_lock:
+        arena = _arena[0]() if _arena else None
+        if arena is not None and arena._shmpool_top + step > len(arena) and not (
+                arena._shmpool_free.get(step)):
+            _arena_size[0] = min(2 * _arena_size[0], ARENA)  # it filled up
+            arena = None
+        if arena is None:
+            arena = _new_file(_arena_size[0])
+            arena._shmpool_free, arena._shmpool_top = {}, 0  # (span size -> offsets)
+            _arena[:] = [weakref.ref(arena)]
+        free = arena._shmpool_free.get(step)
+        fresh = not free
+        if free:
+            offset = free.pop()
+        else:
+            offset = arena._shmpool_top
+            arena._shmpool_top += step
+    reusable = arena._shmpool_free
+    buffer = cast("Buffer", (ctypes.c_byte * size).from_buffer(arena, offset))
+    if zero and not fresh:
+        ctypes.memset(ctypes.addressof(buffer), 0, size)
+    slot = buffer._shmpool_slot = Slot()
+
+    def dead(ref: weakref.ref[Buffer], forget: Callable[[int, None], object] = _finalizers.pop,
+             forks: List[int] = _forks) -> None:
+        forget(id(ref), None)
+        if not slot.shared and slot.forks == forks[0]:
+            reusable.setdefault(step, []).append(offset)  # (atomic: no lock in a gc callback)
+
+    ref = weakref.ref(buffer, dead)
+    _finalizers[id(ref)] = ref
+    return buffer, fd_of(arena), offset
+
+
+def _count_fork() -> None:
+    _forks[0] += 1
+
+
+def _after_fork() -> None:
+    # A child cuts arenas of its own: the parent goes on cutting this one.
+    global _arena_lock
+    _arena_lock = threading.Lock()
+    del _arena[:]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_count_fork, after_in_child=_after_fork)
+
+
+# -- files mapped whole, by (device, inode) -----------------------------------------
+
+_files: weakref.WeakValueDictionary[Tuple[int, int], Buffer] = weakref.WeakValueDictionary()
+
+
+def _register(buffer: Buffer, fd: int, dev: int, ino: int) -> None:
+    buffer._shmpool_fd = fd
+    _files[dev, ino] = buffer
+
+
+def mapped(dev: int, ino: int) -> Optional[Buffer]:
+    """This process's mapping of the whole file (``dev``, ``ino``), if it has one."""
+    return _files.get((dev, ino))
+
+
+def map_whole(fd: int, dev: int, ino: int, keep_fd: bool) -> Buffer:
+    """Map all of the file ``fd`` (``dev``, ``ino``), once for all its spans;
+    with ``keep_fd`` the descriptor is kept with the mapping (``fd_of``),
+    else closed now.  Spans of it are ``from_buffer`` slices, which keep it."""
+    try:
+        buffer = map_file(fd, 0, os.fstat(fd).st_size, owns_fd=keep_fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not keep_fd:
+        os.close(fd)
+    _register(buffer, fd if keep_fd else -1, dev, ino)
+    return buffer
+
+
+def fd_of(mapping: Buffer) -> int:
+    """This process's descriptor of a file mapped whole, or -1."""
+    return mapping._shmpool_fd
 
 
 def _from_heap(size: int, zero: bool) -> Tuple[Buffer, int, int]:
@@ -117,6 +244,9 @@ def _unlinked_file(directory: str) -> int:
         except OSError as e:
             if e.errno == errno.EMFILE and not attempt and _compat.raise_fd_limit():
                 continue
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                raise OSError(e.errno, "shmpool: cannot make another shared memory file: "
+                              "%s (%s)" % (os.strerror(e.errno), _compat.fd_limit())) from None
             raise
         os.unlink(name)
         return fd
@@ -322,9 +452,6 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-_finalizers: Dict[int, weakref.ref[Buffer]] = {}
 
 
 def _release_when_collected(buffer: Buffer, address: int, length: int, fd: int) -> None:

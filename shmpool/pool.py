@@ -192,6 +192,18 @@ class SharedArrayPool(_Pool):
         self._inqueue.renew()
         self._outqueue.renew()
 
+    @classmethod
+    def _terminate_pool(cls, taskqueue: Any, inqueue: queues.TaskQueue,
+                        *args: Any) -> None:
+        # As Pool._terminate_pool (its arguments after inqueue differ by
+        # version), then: the workers are gone, and no one will read the
+        # frames left in the task pipe, so nothing waits for their receivers.
+        try:
+            super(SharedArrayPool, cls)._terminate_pool(  # type: ignore[misc]  # not in typeshed
+                taskqueue, inqueue, *args)
+        finally:
+            inqueue.holds.discard()
+
     @staticmethod
     def _help_stuff_finish(inqueue: queues.TaskQueue, task_handler: threading.Thread,
                            size: int) -> None:

@@ -22,7 +22,7 @@ from multiprocessing.queues import SimpleQueue
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
-from . import _compat, reduction
+from . import _compat, inflight, reduction
 from .supervisor import (IDLE, INDEX, JOB, LOCKED, READING, RECEIVED, RUNNING,
                          SENDING, SENT, STATE, WAITING)
 
@@ -87,6 +87,8 @@ class TaskQueue(_Queue):
         self.stopped = False
         if _compat.PIPE_FDS:
             os.set_blocking(self._writer.fileno(), False)
+        # The holds of the frames sent, discarded when the pool terminates.
+        self.holds = inflight.Channel()
 
     def stop(self) -> None:
         """The pool is terminating: the parent's task thread drops the task it
@@ -101,7 +103,8 @@ class TaskQueue(_Queue):
         buf = io.BytesIO()
         buf.write(_SIZE.pack(0))  # the frame's header, filled in below
         buf.write(_HEAD.pack(*task[:2]) if task is not None else _HEAD.pack(-1, -1))
-        ForkingPickler(buf).dump(task)
+        with self.holds.sending():
+            ForkingPickler(buf).dump(task)
         frame = buf.getbuffer()
         size = len(frame) - _SIZE.size
         if size > 0x7fffffff or not _compat.PIPE_FDS:

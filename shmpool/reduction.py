@@ -12,7 +12,6 @@ way; arrays that are not shared, and plain ``pickle.dumps``, are untouched.
 from __future__ import annotations
 
 import ctypes
-import pickle
 import threading
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple, Union, cast
 
@@ -24,6 +23,7 @@ from . import _compat, blocks, inflight, ndarrays
 
 if TYPE_CHECKING:
     from multiprocessing.heap import BufferWrapper
+    from typing import SupportsIndex
 
     import numpy.typing as npt
 
@@ -44,14 +44,15 @@ def reference(a: npt.NDArray[Any], hold: bool = False) -> Optional[Reference]:
     return located and located[1]
 
 
-def _locate(a: npt.NDArray[Any], hold: bool) -> Optional[Tuple[blocks.Buffer, Reference]]:
+def _locate(a: npt.NDArray[Any], hold: bool,
+            child: Any = None) -> Optional[Tuple[blocks.Buffer, Reference]]:
     where = ndarrays.locate(a)
     if where is None:
         return None
     buffer, offset = where
     block = blocks.block_of(buffer)
     name = block.name_here()
-    ack = inflight.hold(buffer) if hold and block.fd >= 0 else None
+    ack = inflight.hold(buffer, child) if hold and block.fd >= 0 else None
     return buffer, (tuple(name), offset, a.shape, a.strides, a.dtype,
                     a.flags.writeable, type(a), ack)
 
@@ -94,18 +95,33 @@ def tolerate(failures: object = ()) -> Optional[List[blocks.BlockUnavailable]]:
 
 
 def _reduce(a: npt.NDArray[Any]) -> Union[str, Tuple[Any, ...]]:
-    # A process being started needs no hold: its Process object keeps its
-    # arguments alive in the parent for as long as the child runs.
-    spawning = get_spawning_popen() is not None
-    located = _locate(a, hold=not spawning)
+    # A process being started is held for too, until it maps the block or
+    # exits: Process.start() drops its arguments before the child runs.
+    spawning = get_spawning_popen()
+    located = _locate(a, True, spawning)
     if located is None:
-        return a.__reduce_ex__(pickle.DEFAULT_PROTOCOL)
+        # As the pickler would have reduced it, at the pickler's own protocol
+        # (5: its data as a PickleBuffer, out of band if the pickler takes
+        # buffers), which a reducer is not told: the stand-in is asked it.
+        return np.asanyarray, (_AtProtocol(a),)
     buffer, ref = located
-    if not _compat.LINUX and spawning:
+    if not _compat.LINUX and spawning is not None:
         # No /proc to reach the block through: a process being started gets
         # the block itself, as CPython hands a RawArray to it.
         return _rebuild_carried, (buffer._wrapper, buffer._wrapper_offset, ref)
     return rebuild, ref
+
+
+class _AtProtocol(object):
+    """Pickles as the array it wraps, at the protocol of the pickler."""
+
+    __slots__ = ("a",)
+
+    def __init__(self, a: npt.NDArray[Any]) -> None:
+        self.a = a
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> Union[str, Tuple[Any, ...]]:
+        return self.a.__reduce_ex__(protocol)
 
 
 def _rebuild_carried(wrapper: BufferWrapper, offset: int,

@@ -1,18 +1,25 @@
 """A pool's table of shared arrays, kept in shared memory so that running
 workers see arrays shared or unshared after the pool started.
 
-The table is one shared block: a version counter, a length, and the pickled
-list of ``(name, reference)``.  The parent rewrites it under a seqlock (the
+The table is one shared block: a version counter, a length, and the list of
+``(name, reference)`` as JSON.  The parent rewrites it under a seqlock (the
 version is odd while it writes); a worker reloads ``shmpool.arrays`` when it
 sees a new even version, before each task and every quarter second when idle,
-so an unshared array is let go of promptly.
+so an unshared array is let go of promptly.  Every worker can write the block,
+so it holds only data, read by ``json`` (never ``pickle``, which runs code):
+a dtype by its string, or its fields, or its scalar type's name; the array's
+class by its name, looked up among those numpy or the worker already has.
 """
 
 from __future__ import annotations
 
-import pickle
+import importlib
+import json
+import os
+import sys
 import threading
-from typing import TYPE_CHECKING, Any, Dict, Mapping, cast
+import warnings
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple, cast
 
 import numpy as np
 
@@ -23,7 +30,7 @@ if TYPE_CHECKING:
 
     from .worker import ArrayMap
 
-CAPACITY = 1 << 20  # bytes of pickled references: some thousands of arrays
+CAPACITY = 1 << 20  # bytes of references at least: thousands of arrays
 _HEAD = 16
 
 
@@ -31,16 +38,25 @@ class Registry(object):
     """The parent's side: publishes the pool's arrays."""
 
     def __init__(self) -> None:
-        self.block = ndarrays.zeros(_HEAD + CAPACITY, np.uint8)
+        self._make(CAPACITY)
+
+    def _make(self, capacity: int) -> None:
+        self.block = ndarrays.zeros(_HEAD + capacity, np.uint8)
         self.version = memoryview(self.block[:_HEAD].view(np.int64))  # quick to read
 
     def publish(self, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
-        """Make ``arrays`` (name -> shared ndarray) what every worker sees."""
-        payload = pickle.dumps([(name, reduction.reference(a)) for name, a in arrays.items()],
-                               pickle.HIGHEST_PROTOCOL)
-        if len(payload) > CAPACITY:
-            raise ValueError("shmpool: too many shared arrays for one pool (%d bytes of "
-                             "references, at most %d)" % (len(payload), CAPACITY))
+        """Make ``arrays`` (name -> shared ndarray) what every worker sees.
+        The first table sizes the block (no worker has it yet): twice its
+        size, for arrays shared later."""
+        payload = json.dumps([_encode(name, cast("reduction.Reference", reduction.reference(a)))
+                              for name, a in arrays.items()]).encode()
+        capacity = self.block.size - _HEAD
+        if len(payload) > capacity and int(self.version[0]) == 0:
+            self._make(2 * len(payload))
+        elif len(payload) > capacity:
+            raise ValueError("shmpool: too many shared arrays for this pool (%d bytes of "
+                             "references, at most %d: the pool's table is sized for twice "
+                             "the arrays it started with)" % (len(payload), capacity))
         v = int(self.version[0])
         self.version[0] = v + 1
         self.block[_HEAD:_HEAD + len(payload)] = np.frombuffer(payload, np.uint8)
@@ -83,7 +99,18 @@ class View(object):
                     break
             current = self.target._arrays
             arrays: Dict[str, npt.NDArray[Any]] = {}
-            for name, ref in pickle.loads(payload):
+            try:
+                entries = json.loads(payload.decode())
+            except ValueError:
+                entries = None
+            if not isinstance(entries, list):  # not a table the parent wrote
+                self.seen = v
+                return
+            for entry in entries:
+                try:
+                    name, ref = _decode(entry)
+                except (TypeError, ValueError, KeyError, LookupError):
+                    continue  # not a table the parent wrote
                 old = current.get(name)
                 if old is not None and _same(
                         cast("reduction.Reference", reduction.reference(old)), ref):
@@ -91,8 +118,10 @@ class View(object):
                     continue
                 try:  # not tolerant here: a reference is rebuilt, or raises
                     arrays[name] = cast("npt.NDArray[Any]", reduction.rebuild(*ref))
-                except Exception:  # its memory is gone: the name is left out
-                    pass
+                except Exception as e:  # the name is left out, and why said
+                    warnings.warn("shmpool: shared array %r is left out of shmpool.arrays "
+                                  "in process %d: %s" % (name, os.getpid(), e),
+                                  RuntimeWarning, stacklevel=2)
             self.target._arrays = arrays
             self.seen = v
 
@@ -101,3 +130,79 @@ def _same(a: reduction.Reference, b: reduction.Reference) -> bool:
     """Whether two references are of the same view of the same block (from
     whichever process each names as the block's source)."""
     return a[0][:3] == b[0][:3] and a[1:7] == b[1:7]
+
+
+def _encode(name: str, ref: reduction.Reference) -> List[Any]:
+    block, offset, shape, strides, dtype, writeable, cls, _ = ref
+    return [name, list(block), offset, list(shape), list(strides), _dtype_code(dtype),
+            writeable, [cls.__module__, cls.__qualname__]]
+
+
+def _decode(entry: List[Any]) -> Tuple[str, reduction.Reference]:
+    name, block, offset, shape, strides, dtype, writeable, cls = entry
+    ints = list(block) + [offset] + list(shape) + list(strides)
+    if not all(type(i) is int for i in ints) or not isinstance(name, str):
+        raise TypeError("not a reference")
+    ndarray = _named(cls, np.ndarray, imported=True)
+    return name, (tuple(block), offset, tuple(shape), tuple(strides), _dtype(dtype),
+                  writeable is True, ndarray if ndarray is not None else np.ndarray, None)
+
+
+def _dtype_code(dtype: np.dtype[Any]) -> Any:
+    """A dtype as JSON data that ``_dtype`` turns back into it."""
+    if dtype.names is not None:
+        fields = [dtype.fields[n] for n in dtype.names]  # type: ignore[index]  # has names
+        return {"names": list(dtype.names), "formats": [_dtype_code(f[0]) for f in fields],
+                "offsets": [f[1] for f in fields], "itemsize": dtype.itemsize,
+                "titles": [(list(f) + [None])[2] for f in fields],
+                "type": [dtype.type.__module__, dtype.type.__qualname__],  # np.record too
+                "aligned": dtype.isalignedstruct}
+    if dtype.subdtype is not None:
+        return {"base": _dtype_code(dtype.subdtype[0]), "shape": list(dtype.subdtype[1])}
+    if np.dtype(dtype.str) == dtype:
+        return dtype.str
+    return {"type": [dtype.type.__module__, dtype.type.__qualname__]}  # bfloat16, say
+
+
+def _dtype(code: Any) -> np.dtype[Any]:
+    if isinstance(code, str):
+        dtype = np.dtype(code)
+    elif "names" in code:
+        fields = np.dtype({"names": [str(n) for n in code["names"]],
+                           "formats": [_dtype(f) for f in code["formats"]],
+                           "offsets": [int(o) for o in code["offsets"]],
+                           "itemsize": int(code["itemsize"]),
+                           "titles": [t if t is None else str(t) for t in code["titles"]]},
+                          align=code["aligned"] is True)
+        dtype = np.dtype((_scalar(code["type"]), fields))
+    elif "base" in code:
+        dtype = np.dtype((_dtype(code["base"]), tuple(int(n) for n in code["shape"])))
+    else:
+        dtype = np.dtype(_scalar(code["type"]))
+    if dtype.hasobject:
+        raise TypeError("an object dtype cannot be shared")
+    return dtype
+
+
+def _scalar(where: Any) -> type:
+    scalar = _named(where, np.generic)
+    if scalar is None:
+        raise LookupError("no such scalar type: %r" % (where,))
+    return cast(type, scalar)
+
+
+def _named(where: Any, base: type, imported: bool = False) -> Any:
+    """The subclass of ``base`` that ``[module, qualname]`` names, looked up
+    in namespaces (no attribute code runs), or None.  The module is imported
+    if it is numpy's or, unless ``imported``, any (a dtype's, as unpickling the
+    dtype would)."""
+    module, qualname = (str(part) for part in where)
+    obj: Any = sys.modules.get(module)
+    if obj is None and (not imported or module.split(".")[0] == "numpy"):
+        try:
+            obj = importlib.import_module(module)
+        except ImportError:
+            return None
+    for part in qualname.split("."):
+        obj = vars(obj).get(part) if hasattr(obj, "__dict__") else None
+    return obj if isinstance(obj, type) and issubclass(obj, base) else None

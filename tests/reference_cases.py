@@ -2,7 +2,10 @@
 written once; test_fork/spawn/forkserver run it under their start method."""
 
 import gc
+import os
 import pickle
+import subprocess
+import sys
 import time
 from multiprocessing.reduction import ForkingPickler
 
@@ -12,7 +15,7 @@ import pytest
 import shmpool
 from shmpool import SharedArrayPool, blocks, inflight
 
-from conftest import StartMethodCases, file_in_use, open_fds, shm_file
+from conftest import HERE, StartMethodCases, file_in_use, open_fds, shm_file
 
 
 def views_of(base):
@@ -34,6 +37,14 @@ def views_of(base):
     }
 
 
+def script_output(name, *args):
+    """stdout of tests/scripts/NAME, run with this checkout's shmpool."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(HERE)] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    return subprocess.check_output([sys.executable, os.path.join(HERE, "scripts", name)]
+                                   + list(args), env=env, timeout=100, universal_newlines=True)
+
+
 # -- functions run in workers and children ----------------------------------------------
 
 
@@ -44,12 +55,21 @@ def mark(view, value):
     return type(view).__name__, view.shape, view.flags.writeable, shmpool.is_shared(view)
 
 
+def slow_shape(view):
+    time.sleep(0.05)
+    return view.shape
+
+
 def give_back(view):
     return view
 
 
 def first_row_view():
     return shmpool.arrays["x"][0]
+
+
+def count_fds(_=None):
+    return open_fds()
 
 
 def make_array(n):
@@ -102,6 +122,20 @@ def child_counts_fds(conn, n):
 def child_sends_own_block(conn):
     a = shmpool.zeros(1000, np.float32)
     conn.send_bytes(ForkingPickler.dumps(a[10:20]))
+    conn.close()
+
+
+def check_sum(chunk, expected):
+    if chunk.sum() != expected:
+        raise SystemExit(3)
+
+
+def child_sends_block_and_waits(conn):
+    a = shmpool.zeros(1000, np.float32)
+    a[:] = 5.0
+    conn.send(tuple(blocks.block_of(shmpool.ndarrays.locate(a)[0]).name))
+    conn.send_bytes(ForkingPickler.dumps(a))
+    conn.recv()
     conn.close()
 
 
@@ -195,6 +229,49 @@ class ReferenceCases(StartMethodCases):
         p.join(30)
         assert p.exitcode == 0
 
+    def test_process_args_arrive_though_start_drops_them(self):
+        # Process.start() deletes its arguments: under spawn and forkserver
+        # the child maps them later, and must still find them.
+        for _ in range(3):
+            chunk = shmpool.copy(np.arange(1 << 14, dtype=np.float64))  # a file of its own
+            block = shm_file(chunk)
+            p = self.ctx.Process(target=check_sum, args=(chunk, (1 << 14) * ((1 << 14) - 1) / 2))
+            p.start()
+            del chunk
+            gc.collect()
+            p.join(30)
+            assert p.exitcode == 0
+            inflight.release()  # the child mapped it: nothing pins it any more
+            gc.collect()
+            assert not file_in_use(block)
+
+    def test_process_that_exits_before_mapping_pins_nothing(self):
+        chunk = shmpool.copy(np.arange(1 << 14, dtype=np.float64))  # a file of its own
+        block = shm_file(chunk)
+        p = self.ctx.Process(target=check_sum, args=(chunk, (1 << 14) * ((1 << 14) - 1) / 2))
+        p.start()
+        p.kill()  # (under spawn and forkserver, most likely before it maps chunk)
+        p.join(30)
+        del chunk
+        inflight.release()  # its receiver is gone: the hold goes
+        gc.collect()
+        assert not file_in_use(block)
+
+    def test_terminate_waits_for_no_discarded_task(self, monkeypatch):
+        monkeypatch.setattr(inflight, "_sender", inflight._Sender())
+        X = shmpool.zeros(1000)
+        with self.pool(2) as pool:
+            for _ in pool.imap(slow_shape, [X] * 200):
+                break  # most tasks are left in the pipe, or not sent
+        start = time.monotonic()
+        inflight._wait_for_receivers()
+        assert time.monotonic() - start < 1.0  # not inflight.EXIT_WAIT
+
+    @pytest.mark.parametrize("block", ["with", "open"])
+    def test_exit_after_break_out_of_imap_is_prompt(self, block):
+        out = script_output("exit_after_break.py", self.start_method, block)
+        assert time.time() - float(out) < 2.5  # inflight.EXIT_WAIT was 5 s
+
     def test_queue_round_trip(self):
         a = shmpool.zeros(10, np.float32)
         q_in, q_out = self.ctx.Queue(), self.ctx.Queue()
@@ -225,6 +302,22 @@ class ReferenceCases(StartMethodCases):
         gc.collect()
         assert open_fds() <= before  # (earlier tests' garbage may close some)
         assert child_after <= child_before
+
+    def test_descriptors_do_not_grow_with_mapped_blocks(self):
+        with self.pool(1) as pool:
+            bare = pool.apply(count_fds)
+        arrays = {"a%d" % i: np.full(10, i, np.float64) for i in range(300)}
+        with self.pool(1, arrays=arrays) as pool:
+            if self.start_method != "fork":  # (a forked worker inherits the parent's)
+                assert pool.apply(count_fds) <= bare + 5  # was one per array: +300
+            before = open_fds()
+            results = pool.map(make_array, range(1, 301))
+            assert open_fds() <= before + 5  # was one per result: +300
+            assert [a.sum() for a in results] == [n * (n * (n - 1) // 2) for n in range(1, 301)]
+
+    def test_more_arrays_than_descriptors(self):
+        out = script_output("many_arrays.py", self.start_method, "5000")
+        assert out.split() == ["(10.0,", "5000)", "(49990.0,", "5000)"]
 
     def test_plain_pickle_still_copies_data(self):
         a = shmpool.zeros(1 << 20, np.uint8)
@@ -269,11 +362,28 @@ class ReferenceCases(StartMethodCases):
                 pool.apply(pickled, (payload,))  # rebuilt by the result thread
             assert pool.map(give_back, [1, 2]) == [1, 2]  # still usable
 
+    def test_reused_pid_is_not_a_false_block_unavailable(self):
+        # A block of an earlier process that had the child's pid, and the same
+        # serial (spawn and forkserver workers all count from 1), is held here.
+        parent, child = self.ctx.Pipe()
+        p = self.ctx.Process(target=child_sends_block_and_waits, args=(child,))
+        p.start()
+        name = blocks.Name(*parent.recv())
+        payload = parent.recv_bytes()
+        earlier, fd, _ = shmpool.memory.allocate(blocks.HEADER + 100)
+        blocks.adopt(earlier, name._replace(tag=name.tag ^ 1, size=100), fd)
+        try:
+            got = pickle.loads(payload)
+            assert got.shape == (1000,) and got[0] == 5.0
+        finally:
+            parent.send("done")
+            p.join(30)
+
     def test_freed_or_reused_block_is_never_a_wrong_view(self):
         a = shmpool.zeros(100, np.float64)
         name = blocks.block_of(shmpool.ndarrays.locate(a)[0]).name
         reused = name._replace(serial=name.serial + 10**6, tag=name.tag ^ 1)
-        freed = name._replace(serial=name.serial + 10**6, fd=10**6)
+        freed = name._replace(serial=name.serial + 10**6, fd=10**6, ino=name.ino + 1)
         with pytest.raises(shmpool.BlockUnavailable, match="reused"):
             blocks.attach(reused)
         with pytest.raises(shmpool.BlockUnavailable, match="freed"):

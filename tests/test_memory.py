@@ -2,14 +2,18 @@
 
 import ctypes
 import gc
+import json
 import os
+import pickle
+import pickletools
 import warnings
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import pytest
 
 import shmpool
-from shmpool import memory
+from shmpool import blocks, memory, ndarrays, reduction, registry, worker
 
 from conftest import file_in_use, open_fds, shm_file
 
@@ -222,14 +226,72 @@ def test_memory_returned_when_last_view_dies():
     assert not file_in_use(block)
 
 
-def test_each_block_holds_one_descriptor_until_collected():
-    fds = len(os.listdir("/proc/self/fd"))
-    keep = [shmpool.zeros(100, np.float16) for _ in range(500)]
-    assert len(os.listdir("/proc/self/fd")) - fds == 500
+def test_small_arrays_share_files_and_descriptors():
+    fds = open_fds()
+    keep = [shmpool.zeros(100, np.float16) for _ in range(5000)]  # 1.6 MB of spans
+    assert len(os.listdir("/proc/self/fd")) - fds <= 5  # arena files of up to 1 MiB
     assert all(shmpool.is_shared(k) for k in keep)
-    del keep
+    keep[0][:] = 1
+    assert not any(k.any() for k in keep[1:])  # no two overlap
+    big = [shmpool.zeros(memory.SMALL, np.uint8) for _ in range(3)]
+    assert len(os.listdir("/proc/self/fd")) - fds <= 8  # a file each
+    del keep, big
+    assert open_fds() == fds  # the arena being cut too: it goes with its last span
+
+
+def address(a):
+    return a.__array_interface__["data"][0]
+
+
+def test_empty_view_at_the_end_is_of_its_own_block():
+    for size in (0, 64, 1000):  # (the next block of the arena starts right after)
+        blocks_ = [shmpool.zeros(size, np.uint8) for _ in range(3)]
+        for b in blocks_:
+            end = b[size:]
+            assert shmpool.is_shared(end) and ndarrays.locate(end)[0] is ndarrays.locate(b)[0]
+
+
+def test_arena_reuses_only_memory_no_other_process_can_have():
+    keep = shmpool.zeros(1, np.uint8)  # (an arena goes with its last span)
+    a = shmpool.zeros(1000, np.uint8)
+    reduction.reference(a)  # named, as to another process
+    where_a = address(a)
+    del a
     gc.collect()
-    assert len(os.listdir("/proc/self/fd")) == fds
+    b = shmpool.zeros(1000, np.uint8)  # another process may still map a's memory
+    assert address(b) != where_a
+    b[:] = 7
+    where_b = address(b)
+    del b
+    gc.collect()
+    c = shmpool.zeros(1000, np.uint8)  # b never left this process: reused, zeroed
+    assert address(c) == where_b and not c.any()
+    d = shmpool.zeros(1000, np.uint8)
+    pid = os.fork()  # a child has d's memory now
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    where_d = address(d)
+    del d
+    gc.collect()
+    assert address(shmpool.zeros(1000, np.uint8)) != where_d
+    assert shmpool.is_shared(keep)
+
+
+def test_fork_child_cuts_an_arena_of_its_own():
+    a = shmpool.zeros(10, np.uint8)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child makes its next array while the parent makes its own
+        c = shmpool.zeros(10, np.uint8)
+        os.write(w, b"%d" % shm_file(c)[1])
+        os._exit(0)
+    os.close(w)
+    child_file = int(os.read(r, 100))
+    os.close(r)
+    os.waitpid(pid, 0)
+    b = shmpool.zeros(10, np.uint8)
+    assert shm_file(b) == shm_file(a) and child_file != shm_file(a)[1]
 
 
 def test_spill_to_disk_warns_once(monkeypatch):
@@ -247,3 +309,109 @@ def test_spill_to_disk_warns_once(monkeypatch):
     a[:] = 1
     assert a.sum() == 2 << 20 and not b.any()
     assert "/dev/shm" not in mapped_file(a.__array_interface__["data"][0])
+
+
+def test_stale_name_never_opens_another_file(tmp_path, monkeypatch):
+    # After pid reuse, the source's descriptor N may be any file (a FIFO, a
+    # terminal): it is not to be opened, let alone read-write.
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    other = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    a = shmpool.zeros(100)
+    name = blocks.block_of(ndarrays.locate(a)[0]).name
+    stale = name._replace(serial=name.serial + 10**6, fd=other, ino=name.ino + 10**6)
+    opened = []
+    real_open = os.open
+
+    def recording_open(path, *args, **kwds):
+        opened.append(path)
+        return real_open(path, *args, **kwds)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    try:
+        with pytest.raises(shmpool.BlockUnavailable, match="another file"):
+            blocks.attach(stale)
+    finally:
+        os.close(other)
+    assert "/proc/%d/fd/%d" % (os.getpid(), other) not in opened
+
+
+called = []
+
+
+def side_effect():
+    called.append(True)
+    return []
+
+
+class Evil(object):
+    def __reduce__(self):
+        return side_effect, ()
+
+
+def test_registry_table_is_data_not_code():
+    table = registry.Registry()
+    x = shmpool.zeros(3)
+    table.publish({"x": x})
+    seen = worker.ArrayMap()
+    registry.View(table.block, seen).refresh()
+    assert np.shares_memory(seen["x"], x)
+    # What a worker could write there: nothing of it runs, the arrays stay.
+    payload = np.frombuffer(pickle.dumps(Evil()), np.uint8)
+    table.block[16:16 + payload.size] = payload
+    table.version[1] = payload.size
+    table.version[0] += 2
+    registry.View(table.block, seen).refresh()
+    assert not called and list(seen) == ["x"]
+
+
+@pytest.mark.parametrize("default", [4, 5], ids=["default-4", "default-5-as-3.14"])
+def test_plain_arrays_pickle_at_the_picklers_protocol(monkeypatch, default):
+    monkeypatch.setattr(pickle, "DEFAULT_PROTOCOL", min(default, pickle.HIGHEST_PROTOCOL))
+    a = np.arange(1000.0)
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        data = bytes(ForkingPickler.dumps([a, a[::2], a.view(np.memmap)], protocol))
+        back = pickle.loads(data)
+        assert [type(b) for b in back] == [np.ndarray, np.ndarray, np.memmap]
+        assert np.array_equal(back[0], a) and np.array_equal(back[1], a[::2])
+        ops = {op.name for op, _, _ in pickletools.genops(data)}
+        # protocol 5: a contiguous array's data as a PickleBuffer, not a bytes copy
+        assert ("BYTEARRAY8" in ops) == (protocol >= 5), protocol
+
+
+def write_table(table, entries):
+    payload = np.frombuffer(json.dumps(entries).encode(), np.uint8)
+    table.block[16:16 + payload.size] = payload
+    table.version[1] = payload.size
+    table.version[0] += 2
+
+
+def test_registry_says_which_array_it_leaves_out():
+    table = registry.Registry()
+    x = shmpool.zeros(3)
+    ref = reduction.reference(x)
+    gone = blocks.Name(*ref[0])._replace(serial=10**6, fd=10**6, ino=1)  # freed since
+    write_table(table, [registry._encode("x", (tuple(gone),) + ref[1:])])
+    seen = worker.ArrayMap()
+    with pytest.warns(RuntimeWarning, match="'x' is left out.*freed"):
+        registry.View(table.block, seen).refresh()
+    assert "x" not in seen
+
+
+def test_fd_limit_is_said_as_such(monkeypatch, tmp_path):
+    resource = pytest.importorskip("resource")
+    fd = os.open(str(tmp_path / "block"), os.O_RDWR | os.O_CREAT)
+    os.ftruncate(fd, 4096)
+    st = os.fstat(fd)
+    name = blocks.Name(os.getpid(), 10**6, 1, fd, 0, 100, os.getpid(), st.st_dev, st.st_ino)
+    monkeypatch.setattr(shmpool._compat, "raise_fd_limit", lambda: False)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))  # no new descriptor
+    try:
+        with pytest.raises(shmpool.BlockUnavailable, match="Too many open files.*RLIMIT_NOFILE"):
+            blocks.attach(name)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        os.close(fd)
