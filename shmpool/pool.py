@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
-import os
 import threading
 from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sized, cast, overload)
 
-from . import _compat, ndarrays, pickling, progress, queues, registry, supervisor, worker
+from . import _compat, ndarrays, pickling, progress, queues, supervisor, worker
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -94,23 +93,17 @@ class SharedArrayPool(_Pool):
         self._pool, self._state = [], getattr(_mp_pool, "INIT", "INIT")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self.arrays = worker.ArrayMap(ndarrays.shared_mapping(arrays))
-        self._registry = registry.Registry()
-        self._registry.publish(self.arrays)
+        sharing = worker.Sharing(arrays)
+        self.arrays, self._registry = sharing.arrays, sharing.registry
         self._sharing = threading.Lock()
         ctx = context if context is not None else multiprocessing.get_context()
         self._supervisor = supervisor.Supervisor(ctx, self.arrays)
-        if initializer is not None:  # (pickled, with the rest, for a spawned worker)
-            initializer = pickling.portable(initializer, ctx)
-        # The arrays reach workers through the registry alone (so an unshared
-        # one is let go of everywhere), but on the portable path.  The last
-        # initarg is the supervisor, which Process below replaces with the
-        # worker's own status block and whether it pre-faults the arrays.
+        # The last initarg is the supervisor, which Process below replaces
+        # with the worker's own status block and whether it pre-faults the
+        # arrays.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            (self._registry.block, registry.carried(self.arrays),
-             worker.Deferred((initializer, initargs)), (),
-             os.getpid(), self._supervisor),
+            sharing.initargs(initializer, initargs, ctx, True, self._supervisor),
             maxtasksperchild, context)
         self._supervisor.start(self)
 
