@@ -1,6 +1,6 @@
 """SharedArrayPool: ``multiprocessing.Pool`` whose workers share numpy arrays.
 
-Where an array goes::
+Where an array goes (README's "How it works" names every module on the way)::
 
     parent                                          worker (fork, spawn, forkserver)
     ------                                          ------
@@ -9,12 +9,15 @@ Where an array goes::
       v
     pool.arrays["x"] --- block: header + data on a /dev/shm file
       |                      ^
-      | reference:           | mapped once, by /proc/PARENT/fd/N
-      | (pid, serial, tag,   | (or inherited, under fork)
-      |  fd, geometry)       |
-      '-- worker initializer args -----------> worker.initialize
-                                                 shmpool.arrays["x"]: view of the block
-                                                 then the user's initializer
+      |                      | mapped once, by /proc/PARENT/fd/N
+      |                      | (or inherited, under fork)
+      v                      |
+    registry: name -> reference (pid, serial, tag, fd, geometry), in a block
+      | of its own, rewritten by share() and unshare()
+      '-- worker initializer args: that block only ---> worker.initialize
+          (registry.carried: the arrays                   registry.View follows it:
+           too, on the portable path only)                shmpool.arrays["x"], a view
+                                                          then the user's initializer
 
     pool.map(f, [X[a:b], ...])
       | f: by name, or cloudpickle if pickle refuses it
@@ -23,12 +26,13 @@ Where an array goes::
     result  <------- results: values, or references to shared arrays
 
     tasks and results cross Pool's two pipes (``queues``): each worker records
-    in a status block which task it holds, so when one dies ``supervisor``
-    fails that task's call, or restarts the pool if it died mid-frame
+    in a status block which task it holds (``protocol``), so when one dies
+    ``supervisor`` fails that task's call, or restarts the pool if it died
+    mid-frame
 
 Everything else is ``multiprocessing.pool.Pool`` unchanged: its handler
 threads, worker loop and ``maxtasksperchild`` replacement (the initializer
-runs in every replacement worker, so they get the arrays too).
+runs in every replacement worker, so they follow the registry too).
 """
 
 from __future__ import annotations
