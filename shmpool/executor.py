@@ -80,7 +80,7 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
         # death already breaks a ProcessPoolExecutor, failing its futures.
         super(SharedArrayExecutor, self).__init__(
             max_workers, mp_context, worker.initialize,
-            sharing.initargs(initializer, initargs, mp_context, False, None),
+            sharing.initargs(initializer, initargs, mp_context, defer=False, status=None),
             **kwargs)
         _tolerate_unreachable_blocks(self)
 

@@ -107,7 +107,7 @@ class SharedArrayPool(_Pool):
         # arrays.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            sharing.initargs(initializer, initargs, ctx, True, self._supervisor),
+            sharing.initargs(initializer, initargs, ctx, defer=True, status=self._supervisor),
             maxtasksperchild, context)
         self._supervisor.start(self)
 

@@ -2,11 +2,12 @@
 
 Workers take tasks and put results as ``multiprocessing.Pool``'s workers do,
 recording each step in their status block for the supervisor (see
-``protocol``).  The parent's ends differ: they never block for good.  Its task thread writes, and its result
-thread reads, frames laid out as ``multiprocessing.connection`` lays them, on
-non-blocking pipe ends, waiting in short polls.  So when a worker dies halfway
-through a frame and a pipe can no longer be trusted, ``renew`` puts fresh pipes
-and locks into the same queue objects, and both threads move on to them.
+``protocol``).  The parent's ends differ: they never block for good.  Its task
+thread writes, and its result thread reads, frames laid out as
+``multiprocessing.connection`` lays them, on non-blocking pipe ends, waiting in
+short polls.  So when a worker dies halfway through a frame and a pipe can no
+longer be trusted, ``renew`` puts fresh pipes and locks into the same queue
+objects, and both threads move on to them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The worker's side of a pool: follow the pool's shared arrays, run the
 user's initializer, keep a status the parent can read if this worker dies, and
 exit when the parent does.  ``shmpool.arrays`` is the worker's read-only view
-of the pool's arrays."""
+of the pool's arrays; ``Sharing``, the parent's, and what it gives
+``initialize``."""
 
 from __future__ import annotations
 
@@ -102,18 +103,19 @@ class Sharing(object):
         self.registry.publish(self.arrays)
 
     def initargs(self, initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
-                 ctx: Any, defer: bool, last: Any) -> Tuple[Any, ...]:
+                 ctx: Any, *, defer: bool, status: Any) -> Tuple[Any, ...]:
         """The arguments of ``initialize`` for the workers: the arrays travel
         in the registry's block alone (but on the portable path, where they
         are ``registry.carried``); the user's ``initializer`` is made portable
-        (for ``ctx``) and, with ``defer``, unpickled only in ``initialize``;
-        ``last`` is the status block, or what stands for it until a pool's
-        ``Process`` replaces it."""
+        (for ``ctx``, a context or None) and, with ``defer``, unpickled only in
+        ``initialize``; ``status`` is the status block, or what stands for it
+        until a pool's ``Process`` replaces it."""
         if initializer is not None:  # (pickled, with the rest, for a spawned worker)
             initializer = pickling.portable(initializer, ctx)
         user: Tuple[Any, Any] = ((Deferred((initializer, initargs)), ()) if defer
                                  else (initializer, tuple(initargs)))
-        return (self.registry.block, registry.carried(self.arrays)) + user + (os.getpid(), last)
+        return ((self.registry.block, registry.carried(self.arrays)) + user
+                + (os.getpid(), status))
 
 
 def initialize(registry_block: npt.NDArray[np.uint8],
