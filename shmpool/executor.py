@@ -37,17 +37,16 @@ Everything else is ``ProcessPoolExecutor`` unchanged, including its default
 from __future__ import annotations
 
 import functools
-import os
 from concurrent.futures import process as _process
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Tuple
 
-from . import ndarrays, pickling, reduction, registry, worker
+from . import pickling, protocol, worker
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
     from multiprocessing.connection import Connection
     from multiprocessing.context import BaseContext
-    from typing import NoReturn, ParamSpec, TypeVar
+    from typing import ParamSpec, TypeVar
 
     import numpy.typing as npt
 
@@ -74,19 +73,14 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
         # Everything is checked, and copied, before any executor state exists.
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        shared = ndarrays.shared_mapping(arrays)
-        self.arrays = worker.ArrayMap(shared)
-        self._registry = registry.Registry()  # the table that workers follow
-        self._registry.publish(shared)
+        sharing = worker.Sharing(arrays)
+        self.arrays, self._registry = sharing.arrays, sharing.registry
         # Workers get the same initializer arguments as a pool's (see
         # SharedArrayPool.__init__), except a status block (None): a worker's
         # death already breaks a ProcessPoolExecutor, failing its futures.
-        if initializer is not None:  # (pickled, with the rest, for a spawned worker)
-            initializer = pickling.portable(initializer, mp_context)
         super(SharedArrayExecutor, self).__init__(
             max_workers, mp_context, worker.initialize,
-            (self._registry.block, registry.carried(shared), initializer,
-             tuple(initargs), os.getpid(), None),
+            sharing.initargs(initializer, initargs, mp_context, defer=False, status=None),
             **kwargs)
         _tolerate_unreachable_blocks(self)
 
@@ -138,18 +132,11 @@ if _SafeQueue is not None:
         """The call queue, as workers read it."""
 
         def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
-            failures = reduction.tolerate()
-            try:
+            with protocol.tolerant as failures:
                 item: Any = super(_CallQueue, self).get(block, timeout)  # a _CallItem
-            finally:
-                reduction.tolerate(None)
             if failures and hasattr(item, "work_id"):
-                item.fn, item.args, item.kwargs = _raise, (failures[0],), {}
+                item.fn, item.args, item.kwargs = protocol.raise_, (failures[0],), {}
             return item
-
-
-def _raise(error: BaseException) -> NoReturn:
-    raise error
 
 
 class _ResultReader(object):
@@ -162,11 +149,8 @@ class _ResultReader(object):
         self._connection = connection
 
     def recv(self) -> Any:
-        failures = reduction.tolerate()
-        try:
+        with protocol.tolerant as failures:
             item = self._connection.recv()
-        finally:
-            reduction.tolerate(None)
         if failures and hasattr(item, "work_id"):
             item.result, item.exception = None, failures[0]
         return item

@@ -1,6 +1,6 @@
 """SharedArrayPool: ``multiprocessing.Pool`` whose workers share numpy arrays.
 
-Where an array goes::
+Where an array goes (README's "How it works" names every module on the way)::
 
     parent                                          worker (fork, spawn, forkserver)
     ------                                          ------
@@ -9,12 +9,15 @@ Where an array goes::
       v
     pool.arrays["x"] --- block: header + data on a /dev/shm file
       |                      ^
-      | reference:           | mapped once, by /proc/PARENT/fd/N
-      | (pid, serial, tag,   | (or inherited, under fork)
-      |  fd, geometry)       |
-      '-- worker initializer args -----------> worker.initialize
-                                                 shmpool.arrays["x"]: view of the block
-                                                 then the user's initializer
+      |                      | mapped once, by /proc/PARENT/fd/N
+      |                      | (or inherited, under fork)
+      v                      |
+    registry: name -> reference (pid, serial, tag, fd, geometry), in a block
+      | of its own, rewritten by share() and unshare()
+      '-- worker initializer args: that block only ---> worker.initialize
+          (registry.carried: the arrays                   registry.View follows it:
+           too, on the portable path only)                shmpool.arrays["x"], a view
+                                                          then the user's initializer
 
     pool.map(f, [X[a:b], ...])
       | f: by name, or cloudpickle if pickle refuses it
@@ -23,25 +26,25 @@ Where an array goes::
     result  <------- results: values, or references to shared arrays
 
     tasks and results cross Pool's two pipes (``queues``): each worker records
-    in a status block which task it holds, so when one dies ``supervisor``
-    fails that task's call, or restarts the pool if it died mid-frame
+    in a status block which task it holds (``protocol``), so when one dies
+    ``supervisor`` fails that task's call, or restarts the pool if it died
+    mid-frame
 
 Everything else is ``multiprocessing.pool.Pool`` unchanged: its handler
 threads, worker loop and ``maxtasksperchild`` replacement (the initializer
-runs in every replacement worker, so they get the arrays too).
+runs in every replacement worker, so they follow the registry too).
 """
 
 from __future__ import annotations
 
 import inspect
 import multiprocessing
-import os
 import threading
 from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sized, cast, overload)
 
-from . import _compat, ndarrays, pickling, progress, queues, registry, supervisor, worker
+from . import _compat, ndarrays, pickling, progress, queues, supervisor, worker
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -94,23 +97,17 @@ class SharedArrayPool(_Pool):
         self._pool, self._state = [], getattr(_mp_pool, "INIT", "INIT")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self.arrays = worker.ArrayMap(ndarrays.shared_mapping(arrays))
-        self._registry = registry.Registry()
-        self._registry.publish(self.arrays)
+        sharing = worker.Sharing(arrays)
+        self.arrays, self._registry = sharing.arrays, sharing.registry
         self._sharing = threading.Lock()
         ctx = context if context is not None else multiprocessing.get_context()
         self._supervisor = supervisor.Supervisor(ctx, self.arrays)
-        if initializer is not None:  # (pickled, with the rest, for a spawned worker)
-            initializer = pickling.portable(initializer, ctx)
-        # The arrays reach workers through the registry alone (so an unshared
-        # one is let go of everywhere), but on the portable path.  The last
-        # initarg is the supervisor, which Process below replaces with the
-        # worker's own status block and whether it pre-faults the arrays.
+        # The last initarg is the supervisor, which Process below replaces
+        # with the worker's own status block and whether it pre-faults the
+        # arrays.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            (self._registry.block, registry.carried(self.arrays),
-             worker.Deferred((initializer, initargs)), (),
-             os.getpid(), self._supervisor),
+            sharing.initargs(initializer, initargs, ctx, defer=True, status=self._supervisor),
             maxtasksperchild, context)
         self._supervisor.start(self)
 

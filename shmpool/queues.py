@@ -1,12 +1,13 @@
 """The pool's task and result queues, whose pipes the parent can renew.
 
 Workers take tasks and put results as ``multiprocessing.Pool``'s workers do,
-recording each step in their status block for the supervisor.  The parent's
-ends differ: they never block for good.  Its task thread writes, and its result
-thread reads, frames laid out as ``multiprocessing.connection`` lays them, on
-non-blocking pipe ends, waiting in short polls.  So when a worker dies halfway
-through a frame and a pipe can no longer be trusted, ``renew`` puts fresh pipes
-and locks into the same queue objects, and both threads move on to them.
+recording each step in their status block for the supervisor (see
+``protocol``).  The parent's ends differ: they never block for good.  Its task
+thread writes, and its result thread reads, frames laid out as
+``multiprocessing.connection`` lays them, on non-blocking pipe ends, waiting in
+short polls.  So when a worker dies halfway through a frame and a pipe can no
+longer be trusted, ``renew`` puts fresh pipes and locks into the same queue
+objects, and both threads move on to them.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from multiprocessing.queues import SimpleQueue
 from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
-from . import _compat, inflight, reduction
-from .supervisor import (IDLE, INDEX, JOB, LOCKED, READING, RECEIVED, RUNNING,
-                         SENDING, SENT, STATE, WAITING)
+from . import _compat, inflight
+from .protocol import (IDLE, INDEX, JOB, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT,
+                       STATE, WAITING, current, raise_, tolerant)
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.synchronize import Lock
-    from typing import NoReturn
 
     class _SimpleQueue(SimpleQueue[Any]):
         # SimpleQueue's attributes that typeshed leaves out.
@@ -45,12 +45,6 @@ if TYPE_CHECKING:
 else:
     from multiprocessing.pool import MaybeEncodingError as _MaybeEncodingError
     _SimpleQueue = SimpleQueue
-
-#: In a worker, its status block, read by the parent's supervisor (a scratch
-#: one until the pool's initializer sets it).
-status = memoryview(bytearray(24)).cast("q")
-#: In a worker, called before each task: it follows the pool's shared arrays.
-before_task: Optional[Callable[[], object]] = None
 
 _HEAD = struct.Struct("<qq")  # (job, index) before each task; (-1, -1) before None
 #: Before each result: job, index, and the size of what describes a task's
@@ -124,7 +118,8 @@ class TaskQueue(_Queue):
             pass  # (a restart midway: the whole task again)
 
     def get(self) -> Any:  # a Pool task, or None
-        state = status
+        worker = current
+        state = worker.status
         state[STATE] = WAITING
         with self._rlock:
             state[STATE] = LOCKED
@@ -134,19 +129,17 @@ class TaskQueue(_Queue):
             state[JOB], state[INDEX] = _HEAD.unpack_from(data)  # (-1, -1): None
             state[STATE] = RECEIVED
         state[STATE] = RUNNING
-        if before_task is not None:
-            before_task()
-        failures = reduction.tolerate()
-        try:
-            task = ForkingPickler.loads(memoryview(data)[_HEAD.size:])
-        except Exception as e:  # (a function this worker cannot import, say)
-            if state[JOB] < 0:
-                raise
-            return (state[JOB], state[INDEX], _raise, (e,), {})
-        finally:
-            reduction.tolerate(None)
+        if worker.before_task is not None:
+            worker.before_task()
+        with tolerant as failures:
+            try:
+                task = ForkingPickler.loads(memoryview(data)[_HEAD.size:])
+            except Exception as e:  # (a function this worker cannot import, say)
+                if state[JOB] < 0:
+                    raise
+                return (state[JOB], state[INDEX], raise_, (e,), {})
         if failures and task is not None:
-            task = (task[0], task[1], _raise, (failures[0],), {})
+            task = (task[0], task[1], raise_, (failures[0],), {})
         return task
 
     def _wait_readable(self) -> None:
@@ -170,7 +163,7 @@ class ResultQueue(_Queue):
     def put(self, obj: Any) -> None:
         """Put ``(job, index, (success, value))``, or None, after a head that
         lets the parent fail that task if it cannot unpickle the rest."""
-        state = status
+        state = current.status
         job, index, about = (-1, -1, b"") if obj is None else (obj[0], obj[1], _about(obj[2]))
         buf = io.BytesIO()
         buf.write(_RESULT_HEAD.pack(job, index, len(about)))
@@ -238,16 +231,14 @@ class Receiver(object):
                     else self.queue._reader.recv_bytes())
         job, index, about = _RESULT_HEAD.unpack_from(data)
         start = _RESULT_HEAD.size + about
-        failures = reduction.tolerate()
-        try:
-            result = ForkingPickler.loads(memoryview(data)[start:])
-        except Exception as e:  # (would end the result thread: every call would hang)
-            what, _, remote = bytes(data[_RESULT_HEAD.size:start]).decode().partition("\n")
-            reason = "".join(traceback.format_exception_only(type(e), e)).strip()
-            error = RebuildError(what or "result of a task", reason, remote)
-            result = (job, index, (False, error))
-        finally:
-            reduction.tolerate(None)
+        with tolerant as failures:
+            try:
+                result = ForkingPickler.loads(memoryview(data)[start:])
+            except Exception as e:  # (would end the result thread: every call would hang)
+                what, _, remote = bytes(data[_RESULT_HEAD.size:start]).decode().partition("\n")
+                reason = "".join(traceback.format_exception_only(type(e), e)).strip()
+                error = RebuildError(what or "result of a task", reason, remote)
+                result = (job, index, (False, error))
         if result is not None:
             self.recent.append((job, index))
             if failures:
@@ -319,7 +310,3 @@ def _wait(fd: int, event: int) -> bool:
 
 
 _pollers: Dict[Tuple[int, int], Any] = {}  # (fd, event) -> select.poll
-
-
-def _raise(error: BaseException) -> NoReturn:
-    raise error

@@ -2,9 +2,9 @@
 
 ``multiprocessing.Pool`` replaces a worker that dies, but the task it was
 running is lost and the call waiting for it hangs.  Here every worker writes
-what it is doing into a small shared status block (see ``queues.TaskQueue``
-and ``queues.ResultQueue``); a monitor thread in the parent notices a worker's
-exit within a tenth of a second and, from the dead worker's last status:
+what it is doing into a small shared status block (see ``protocol``); a
+monitor thread in the parent notices a worker's exit within a tenth of a
+second and, from the dead worker's last status:
 
     running task (job, i)     that task fails with WorkerDied, handed to
                               the result thread, which sets results
@@ -42,14 +42,15 @@ from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Set,
                     Tuple, Type, cast)
 
-import numpy as np
-
-from . import _compat, ndarrays
+from . import _compat
+from .protocol import (ERROR, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT, STARTING,
+                       STATE, WAITING, new_status, recorded_error)
 
 if TYPE_CHECKING:
     import collections
     from multiprocessing.process import BaseProcess
 
+    import numpy as np
     import numpy.typing as npt
 
     from .pool import SharedArrayPool
@@ -81,14 +82,6 @@ if TYPE_CHECKING:
 
         def _set(self, i: int, obj: Tuple[bool, Any]) -> None: ...
 
-# A worker's states, in the order it goes through them for each task; it
-# starts in STARTING, until it first waits for a task.
-IDLE, WAITING, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT, STARTING = range(9)
-# The status block: these int64 slots, then from byte _TEXT on the error that
-# ended the worker's start-up, of ERROR bytes.
-STATE, JOB, INDEX, ERROR = range(4)
-_TEXT, _SIZE = 64, 4096
-
 _POLL = 0.1
 _START_DEATHS = 2  # deaths in a row before any task that break the pool
 
@@ -103,26 +96,6 @@ class WorkerDied(RuntimeError):
 
     def __reduce__(self) -> Tuple[Type[WorkerDied], Tuple[str, Optional[int], Optional[int]]]:
         return type(self), (self.args[0], self.pid, self.exitcode)
-
-
-def new_status() -> npt.NDArray[np.int64]:
-    """A worker's status block: state, job, index, and room for its start-up
-    error."""
-    status = ndarrays.zeros(_SIZE // 8, np.int64)
-    status[STATE] = STARTING
-    return status
-
-
-def record_error(status: npt.NDArray[np.int64], text: str) -> None:
-    """In a worker: keep ``text`` (its end, if too long) in its status block."""
-    data = text.encode("utf-8", "backslashreplace")[-(_SIZE - _TEXT):]
-    status.view(np.uint8)[_TEXT:_TEXT + len(data)] = np.frombuffer(data, np.uint8)
-    status[ERROR] = len(data)
-
-
-def recorded_error(status: npt.NDArray[np.int64]) -> str:
-    size = min(max(int(status[ERROR]), 0), _SIZE - _TEXT)
-    return status.view(np.uint8)[_TEXT:_TEXT + size].tobytes().decode("utf-8", "replace")
 
 
 class Supervisor(object):

@@ -1,7 +1,8 @@
 """The worker's side of a pool: follow the pool's shared arrays, run the
 user's initializer, keep a status the parent can read if this worker dies, and
 exit when the parent does.  ``shmpool.arrays`` is the worker's read-only view
-of the pool's arrays."""
+of the pool's arrays; ``Sharing``, the parent's, and what it gives
+``initialize``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional,
                     Tuple, Union)
 
-from . import _compat, memory, ndarrays, queues, registry, supervisor
+from . import _compat, memory, ndarrays, pickling, protocol, registry
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,6 +92,32 @@ def _deferred(data: bytes) -> Deferred:
     return d
 
 
+class Sharing(object):
+    """The parent's side of a pool's or executor's arrays: ``arrays``, its
+    read-only view of them (any not on shared memory copied there once), and
+    the ``registry`` that publishes them to the workers."""
+
+    def __init__(self, arrays: Optional[Mapping[str, npt.NDArray[Any]]]) -> None:
+        self.arrays = ArrayMap(ndarrays.shared_mapping(arrays))
+        self.registry = registry.Registry()
+        self.registry.publish(self.arrays)
+
+    def initargs(self, initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
+                 ctx: Any, *, defer: bool, status: Any) -> Tuple[Any, ...]:
+        """The arguments of ``initialize`` for the workers: the arrays travel
+        in the registry's block alone (but on the portable path, where they
+        are ``registry.carried``); the user's ``initializer`` is made portable
+        (for ``ctx``, a context or None) and, with ``defer``, unpickled only in
+        ``initialize``; ``status`` is the status block, or what stands for it
+        until a pool's ``Process`` replaces it."""
+        if initializer is not None:  # (pickled, with the rest, for a spawned worker)
+            initializer = pickling.portable(initializer, ctx)
+        user: Tuple[Any, Any] = ((Deferred((initializer, initargs)), ()) if defer
+                                 else (initializer, tuple(initargs)))
+        return ((self.registry.block, registry.carried(self.arrays)) + user
+                + (os.getpid(), status))
+
+
 def initialize(registry_block: npt.NDArray[np.uint8],
                carried: Mapping[str, npt.NDArray[Any]],
                initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
@@ -111,22 +138,20 @@ def initialize(registry_block: npt.NDArray[np.uint8],
         _initialize(registry_block, initializer, initargs, parent, status, prefault)
     except BaseException:
         if status is not None:
-            supervisor.record_error(status, traceback.format_exc())
+            protocol.record_error(status, traceback.format_exc())
         raise
 
 
 def _initialize(registry_block: npt.NDArray[np.uint8],
                 initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
                 parent: int, status: Optional[npt.NDArray[np.int64]], prefault: bool) -> None:
-    if status is not None:
-        queues.status = memoryview(status)  # faster to set than the ndarray
     memory.populate_mappings(False)  # (the arrays once, below: forked ones are mapped already)
     table = registry.View(registry_block, arrays)
     table.refresh()  # (first: what a forked worker inherited is in its table of blocks)
     inherited = getattr(multiprocessing.current_process(), "shmpool_inherited", lambda: None)()
     if inherited is not None:
         inherited.follow(arrays)
-    queues.before_task = table.refresh
+    protocol.start(status, table.refresh)  # (what the worker's queues record, and when)
     if prefault:
         for a in arrays.values():
             where = ndarrays.locate(a)

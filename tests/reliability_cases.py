@@ -23,7 +23,7 @@ import pytest
 
 import shmpool
 import shmpool.pool
-from shmpool import WorkerDied, queues, supervisor, worker
+from shmpool import WorkerDied, protocol, queues, worker
 
 from conftest import HERE, StartMethodCases, file_in_use, process_alive
 
@@ -336,7 +336,7 @@ class ReliabilityCases(StartMethodCases):
             stalled = pool._pool[0].pid
             pool.apply_async(length, (bytes(256 << 20),))
             deadline = time.monotonic() + 20
-            while status[supervisor.STATE] != supervisor.READING:
+            while status[protocol.STATE] != protocol.READING:
                 assert time.monotonic() < deadline, "the worker never read the task"
             os.kill(stalled, signal.SIGSTOP)
             resume = threading.Timer(1.5, os.kill, (stalled, signal.SIGCONT))
