@@ -49,7 +49,7 @@ def guarded(obj: object) -> bool:
         return False
     if guards is None:
         return True
-    if code.co_filename != path and os.path.abspath(code.co_filename) != path:
+    if code.co_filename not in (path, _MAIN_FILE[0]) and os.path.abspath(code.co_filename) != path:
         return False
     return any(first <= code.co_firstlineno <= last for first, last in guards.lines)
 
