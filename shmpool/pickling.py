@@ -1,16 +1,19 @@
 """Task functions and initializers travel as ``Pool`` sends them, unless a
 worker could not import them by name (lambdas, closures, functions defined
 interactively, and, for a worker that did not fork from this process,
-functions defined under ``if __name__ == "__main__":``): those go by value.
+functions and classes defined under ``if __name__ == "__main__":``): those go
+by value.
 
 Nothing is pickled to find out.  A plain function goes by name if it is
 ``module.qualname`` here and, for a worker not forked from this process, not
-defined under the script's main guard (read from the script's source).
-Anything else is wrapped, and pickled when and where ``Pool`` pickles the task
-(once per task, as by Pool; a by-value function once per call, unless it holds
-a shared array or a descriptor), by a pickler that is ``ForkingPickler`` (shared arrays travel as references, held
-and acknowledged as ever) but for the functions and classes a worker could not
-import by name: those it sends by value, with cloudpickle's help.
+defined under the script's main guard (``shmpool.mainguard``).  Anything else
+is wrapped, and pickled when and where ``Pool`` pickles the task (once per
+task, as by Pool; a by-value function once per call, unless pickling it took a
+hold on a shared array or handed a descriptor over), by a pickler that is
+``ForkingPickler`` (shared arrays travel as references, held and acknowledged
+as ever; a pickling that fails lets go of its holds) but for the functions and
+classes a worker could not import by name: those it sends by value, with
+cloudpickle's help.
 
 Globals are the point to get right.  A ``__main__`` function that reads a
 global set by the pool's initializer must find it in the worker, which it would
@@ -18,7 +21,10 @@ not if cloudpickle had copied the function with a snapshot of its globals.  So
 a function pickles by name when it can; and any other function of a module the
 worker has (a script's ``__main__`` included) is rebuilt there from its code
 and closure on that module's live globals, as if it had been defined there.
-Only a function of an interactive session carries cloudpickle's snapshot.
+For a worker not forked from here, it takes along the globals it uses that
+only the main guard defines (a shared array as a reference), set there unless
+the worker set them itself.  A function of an interactive session, or of no
+module a worker can import, carries cloudpickle's snapshot.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ PYTHON_C = textwrap.dedent('''
         print(pool.map(f, range(8)), X.tolist())
     if sys.argv[1] == "fork":  # where multiprocessing.Pool can run it
         X[:] = 0
-        with multiprocessing.Pool(2) as pool:
+        with ctx.Pool(2) as pool:  # (3.14 defaults to forkserver)
             pool.map(f, range(8))
         print(X.tolist())
 ''')
