@@ -12,6 +12,7 @@ counts as guarded: sent by value, it works wherever it was defined.
 from __future__ import annotations
 
 import ast
+import dis
 import functools
 import os
 import sys
@@ -74,12 +75,18 @@ def _main_path() -> Optional[str]:
     return _MAIN_FILE[1] if path == _MAIN_FILE[0] else os.path.abspath(path)
 
 
-def _code_names(code: types.CodeType) -> Set[str]:
-    names = set(code.co_names)
+@functools.lru_cache(maxsize=256)
+def _code_names(code: types.CodeType) -> FrozenSet[str]:
+    """The global names ``code`` and the code nested in it use (not the
+    attribute names among ``co_names``, as cloudpickle finds them)."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in _GLOBAL_OPS}
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names |= _code_names(const)
-    return names
+    return frozenset(names)
+
+
+_GLOBAL_OPS = frozenset(("LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME"))
 
 
 @functools.lru_cache(maxsize=8)

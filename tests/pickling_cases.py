@@ -170,7 +170,7 @@ class PicklingCases(StartMethodCases):
     def test_main_guard_script(self):
         out = run_script("main_guard.py", self.start_method, timeout=120).splitlines()
         assert out == [str([float(i) for i in range(1, 9)]),  # written in the parent's X
-                       "[1, 4, 7] 120 [100, 101]",  # the initializer's OFFSET wins
+                       "[1, 4, 7] 120 [100, 101] [10, 11]",  # the initializer's OFFSET wins
                        "[0, 3, 6] [2, 3, 4] [0, 3]"]
 
     # review 1 item 4: a payload holding no shared array is made once per call
