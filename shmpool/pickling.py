@@ -1,16 +1,19 @@
 """Task functions and initializers travel as ``Pool`` sends them, unless a
 worker could not import them by name (lambdas, closures, functions defined
 interactively, and, for a worker that did not fork from this process,
-functions defined under ``if __name__ == "__main__":``): those go by value.
+functions and classes defined under ``if __name__ == "__main__":``): those go
+by value.
 
 Nothing is pickled to find out.  A plain function goes by name if it is
 ``module.qualname`` here and, for a worker not forked from this process, not
-defined under the script's main guard (read from the script's source).
-Anything else is wrapped, and pickled when and where ``Pool`` pickles the task
-(once per task, as by Pool; a by-value function once per call, unless it holds
-a shared array or a descriptor), by a pickler that is ``ForkingPickler`` (shared arrays travel as references, held
-and acknowledged as ever) but for the functions and classes a worker could not
-import by name: those it sends by value, with cloudpickle's help.
+defined under the script's main guard (``shmpool.mainguard``).  Anything else
+is wrapped, and pickled when and where ``Pool`` pickles the task (once per
+task, as by Pool; a by-value function once per call, unless pickling it took a
+hold on a shared array or handed a descriptor over), by a pickler that is
+``ForkingPickler`` (shared arrays travel as references, held and acknowledged
+as ever; a pickling that fails lets go of its holds) but for the functions and
+classes a worker could not import by name: those it sends by value, with
+cloudpickle's help.
 
 Globals are the point to get right.  A ``__main__`` function that reads a
 global set by the pool's initializer must find it in the worker, which it would
@@ -18,28 +21,32 @@ not if cloudpickle had copied the function with a snapshot of its globals.  So
 a function pickles by name when it can; and any other function of a module the
 worker has (a script's ``__main__`` included) is rebuilt there from its code
 and closure on that module's live globals, as if it had been defined there.
-Only a function of an interactive session carries cloudpickle's snapshot.
+For a worker not forked from here, it takes along the globals it uses that
+only the main guard defines (a shared array as a reference), set there unless
+the worker set them itself.  A function of an interactive session, or of no
+module a worker can import, carries cloudpickle's snapshot.
 """
 
 from __future__ import annotations
 
-import ast
 import collections
 import functools
 import importlib
 import io
+import multiprocessing.reduction
 import operator
-import os
 import pickle
 import sys
-import tokenize
 import types
 import weakref
 from multiprocessing.context import get_spawning_popen
 from multiprocessing.reduction import ForkingPickler
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, cast
 
 import cloudpickle
+import numpy as np
+
+from . import inflight, mainguard, reduction
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -85,7 +92,11 @@ class _Portable(object):
             return pickle.loads, (self.payload[2],)
         buf = io.BytesIO()
         pickler = _Pickler(buf, *key)
-        pickler.dump(self.func)
+        try:
+            pickler.dump(self.func)
+        except BaseException:
+            pickler.dispatch_table.let_go()
+            raise
         if type(self.func) is types.FunctionType and not pickler.dispatch_table.used:
             self.payload = key + (buf.getvalue(),)
         return pickle.loads, (buf.getvalue(),)
@@ -99,7 +110,7 @@ def _by_name(obj: Any, fork: bool) -> bool:
     ``obj``, a function or class, by name, as pickle would send it."""
     verdict = _verdicts.get(obj)
     if verdict is None:
-        verdict = (_importable(obj) and not _interactive(obj), _guarded(obj))
+        verdict = (_importable(obj) and not _interactive(obj), mainguard.guarded(obj))
         try:
             _verdicts[obj] = verdict
         except TypeError:  # (not weakly referable)
@@ -136,44 +147,6 @@ def _interactive(obj: object) -> bool:
     return main is not None and not getattr(main, "__file__", None)
 
 
-def _guarded(obj: object) -> bool:
-    """A function of the main script defined under ``if __name__ ==
-    "__main__":``, which a spawned worker's ``__mp_main__`` does not run."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    code = getattr(obj, "__code__", None)
-    if (type(obj) is not types.FunctionType or getattr(obj, "__module__", None) != "__main__"
-            or not isinstance(path, str) or code is None):
-        return False
-    if code.co_filename != path and os.path.abspath(code.co_filename) != os.path.abspath(path):
-        return False
-    return any(first <= code.co_firstlineno <= last for first, last in _main_guards(path))
-
-
-@functools.lru_cache(maxsize=8)
-def _main_guards(path: str) -> Tuple[Tuple[int, int], ...]:
-    """The lines of the script's top-level ``if __name__ == "__main__":`` bodies."""
-    try:
-        with tokenize.open(path) as f:
-            tree = ast.parse(f.read(), path)
-    except (OSError, SyntaxError, ValueError):
-        return ()
-    return tuple((node.lineno, max(getattr(n, "lineno", 0)
-                                   for stmt in node.body for n in ast.walk(stmt)))
-                 for node in tree.body if isinstance(node, ast.If) and _is_main_test(node.test))
-
-
-def _is_main_test(test: ast.expr) -> bool:
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
-            and isinstance(test.ops[0], ast.Eq)):
-        return False
-    sides = [test.left, test.comparators[0]]
-    names = [s.id for s in sides if isinstance(s, ast.Name)]
-    strings = [getattr(s, "value", getattr(s, "s", None)) for s in sides
-               if not isinstance(s, ast.Name)]
-    return names == ["__name__"] and strings == ["__main__"]
-
-
 # -- the pickler --------------------------------------------------------------------------
 
 
@@ -191,9 +164,9 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no
         if type(obj) is types.FunctionType:
             if _by_name(obj, self.fork):
                 return NotImplemented  # pickle's own, by name
-            if not _interactive(obj):
-                return _function_reduce(obj)
-        elif not isinstance(obj, type) or _by_name(obj, True):
+            if _rebuildable(obj):
+                return _function_reduce(obj, self.fork)
+        elif not isinstance(obj, type) or _by_name(obj, self.fork):
             return NotImplemented
         return super(_Pickler, self).reducer_override(obj)  # cloudpickle's, by value
 
@@ -204,39 +177,76 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no
             if id(obj) not in self.memo:
                 if type(obj) is types.FunctionType and _by_name(obj, self.fork):
                     return pickle._Pickler.save_global(self, obj)  # type: ignore[attr-defined, no-any-return]
-                if isinstance(obj, type) and _by_name(obj, True):
+                if isinstance(obj, type) and _by_name(obj, self.fork):
                     return pickle._Pickler.save_global(self, obj)  # type: ignore[attr-defined, no-any-return]
-                if type(obj) is types.FunctionType and not _interactive(obj):
+                if type(obj) is types.FunctionType and _rebuildable(obj):
                     return self._save_reduce_pickle5(  # type: ignore[no-any-return]
-                        *_function_reduce(obj), obj=obj)
+                        *_function_reduce(obj, self.fork), obj=obj)
             return super(_Pickler, self).save(obj, save_persistent_id)  # type: ignore[no-any-return]
 
 
 class _Reducers(collections.ChainMap):  # type: ignore[type-arg]  # (3.7: not subscriptable)
     """multiprocessing's reducers (shmpool's for shared arrays among them)
-    first, then cloudpickle's (code objects, cells ...); ``used`` tells
-    whether one of multiprocessing's was."""
+    first, then cloudpickle's (code objects, cells ...).  ``used`` tells
+    whether one of them took what a payload cannot be sent twice with: a hold
+    on a shared block (listed in ``acks``) or a descriptor."""
 
     def __init__(self) -> None:
         super(_Reducers, self).__init__(
             ForkingPickler._extra_reducers,  # type: ignore[attr-defined]  # not in typeshed
             cloudpickle.Pickler.dispatch_table)
         self.used = False
+        self.acks: List[inflight.Ack] = []
 
     def __getitem__(self, cls: type) -> Callable[[Any], Any]:
         reduce: Optional[Callable[[Any], Any]] = self.maps[0].get(cls)
         if reduce is None:
             return cast("Callable[[Any], Any]", self.maps[1][cls])
-        self.used = True
-        return reduce
+        if reduce in _PLAIN_REDUCERS:
+            return reduce
+        return functools.partial(self._reduce, reduce)
+
+    def _reduce(self, reduce: Callable[[Any], Any], obj: Any) -> Any:
+        rv = reduce(obj)
+        if not isinstance(obj, np.ndarray) or rv[0] is reduction._rebuild_carried:
+            self.used = True
+        elif rv[0] is reduction.rebuild and rv[1][-1] is not None:
+            self.acks.append(rv[1][-1])
+            self.used = True
+        return rv
+
+    def let_go(self) -> None:
+        """Release the holds taken, for a payload that will not be sent."""
+        for ack in self.acks:
+            inflight.acknowledge(*ack)
+        inflight.release()
+
+
+# multiprocessing's reducers that take nothing (methods, partials)
+_PLAIN_REDUCERS = frozenset(
+    getattr(multiprocessing.reduction, name) for name in (
+        "_reduce_method", "_reduce_method_descriptor", "_reduce_partial")
+    if hasattr(multiprocessing.reduction, name))
 
 
 # -- a function by value, on the worker's live module globals ----------------------------
 
 
-def _function_reduce(func: types.FunctionType) -> Tuple[Any, ...]:
+def _rebuildable(func: types.FunctionType) -> bool:
+    """Whether a worker has ``func``'s module, to rebuild ``func`` on: not so
+    for a function of an interactive session, or made by ``exec`` on globals
+    of no module that a worker can import (those go as cloudpickle sends them)."""
+    name = func.__module__
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    return module is not None and not _interactive(func) and (
+        name in ("__main__", "__mp_main__") or getattr(module, "__spec__", None) is not None)
+
+
+def _function_reduce(func: types.FunctionType, fork: bool) -> Tuple[Any, ...]:
     """As ``__reduce__``, with a state set once the function exists: its
-    closure may hold the function itself."""
+    closure may hold the function itself, and so may the globals it takes
+    along (for a worker not forked from here, those only the script's main
+    guard defines)."""
     cells = func.__closure__ or ()
     contents = {}
     for i, cell in enumerate(cells):
@@ -244,18 +254,29 @@ def _function_reduce(func: types.FunctionType) -> Tuple[Any, ...]:
             contents[i] = cell.cell_contents
         except ValueError:  # an empty cell
             pass
-    state = (func.__defaults__, func.__kwdefaults__, func.__qualname__, func.__dict__,
-             contents)
+    # (3.14: annotations are copied unevaluated, as __annotate__, if it is set)
+    skip = "__annotations__" if getattr(func, "__annotate__", None) is not None else ""
+    attrs = {name: getattr(func, name) for name in _ATTRIBUTES
+             if name != skip and hasattr(func, name)}
+    globals_ = {} if fork else {name: func.__globals__[name]
+                                for name in mainguard.guard_globals(func)}
+    state = (func.__defaults__, func.__kwdefaults__, attrs, func.__dict__, contents, globals_)
     return (_make_function, (func.__code__, func.__module__, _anchor(func), func.__name__,
                              len(cells)),
             state, None, None, _set_function_state)
+
+
+_ATTRIBUTES = ("__qualname__", "__module__", "__doc__", "__annotations__", "__annotate__",
+               "__type_params__")
+# (id of a module's globals, name) -> the value a function sent by value set there
+_planted: Dict[Tuple[int, str], Any] = {}
 
 
 def _anchor(func: types.FunctionType) -> Optional[str]:
     """A function that shares ``func``'s globals, by a name every worker has."""
     for name, value in list(func.__globals__.items()):
         if (type(value) is types.FunctionType and value.__globals__ is func.__globals__
-                and not _guarded(value)):
+                and not mainguard.guarded(value)):
             return name
     return None
 
@@ -272,12 +293,22 @@ def _make_function(code: types.CodeType, module: str, anchor: Optional[str], nam
 
 
 def _set_function_state(func: types.FunctionType,
-                        state: Tuple[Any, Any, str, Dict[str, Any], Dict[int, Any]],
+                        state: Tuple[Any, Any, Dict[str, Any], Dict[str, Any],
+                                     Dict[int, Any], Dict[str, Any]],
                         ) -> types.FunctionType:
-    func.__defaults__, func.__kwdefaults__, func.__qualname__, attrs, contents = state
-    func.__dict__.update(attrs)
+    func.__defaults__, func.__kwdefaults__, attrs, func_dict, contents, globals_ = state
+    for name, value in attrs.items():
+        setattr(func, name, value)
+    func.__dict__.update(func_dict)
     for i, value in contents.items():
         cast("Tuple[types.CellType, ...]", func.__closure__)[i].cell_contents = value
+    # A global the worker set itself (its initializer, say) wins over the
+    # sender's; one that was sent before follows the sender's.
+    namespace = func.__globals__
+    for name, value in globals_.items():
+        key = id(namespace), name
+        if name not in namespace or (key in _planted and namespace[name] is _planted[key]):
+            namespace[name] = _planted[key] = value
     return func
 
 

@@ -5,6 +5,7 @@ import functools
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -45,6 +46,10 @@ class WithConnection(object):
         return self.connection.fileno() >= 0
 
 
+def annotated(x: int) -> str:
+    return str(x)
+
+
 def holds_cleared(*arrays, within=2.0):
     """Whether every in-flight hold this process took on the blocks of
     ``arrays`` was acknowledged."""
@@ -72,7 +77,7 @@ PYTHON_C = textwrap.dedent('''
         print(pool.map(f, range(8)), X.tolist())
     if sys.argv[1] == "fork":  # where multiprocessing.Pool can run it
         X[:] = 0
-        with multiprocessing.Pool(2) as pool:
+        with ctx.Pool(2) as pool:  # (3.14 defaults to forkserver)
             pool.map(f, range(8))
         print(X.tolist())
 ''')
@@ -159,3 +164,50 @@ class PicklingCases(StartMethodCases):
     def test_fork_default_script(self):
         out = run_script("fork_default.py", self.start_method, timeout=120)
         assert out.split() == ["ok", self.start_method]
+
+    # review 1 items 1-3: globals, helpers and classes only the main guard defines
+    @pytest.mark.timeout(150)
+    def test_main_guard_script(self):
+        out = run_script("main_guard.py", self.start_method, timeout=120).splitlines()
+        assert out == [str([float(i) for i in range(1, 9)]),  # written in the parent's X
+                       "[1, 4, 7] 120 [100, 101] [10, 11]",  # the initializer's OFFSET wins
+                       "[0, 3, 6] [2, 3, 4] [0, 3]"]
+
+    # review 1 item 4: a payload holding no shared array is made once per call
+    def test_closure_over_plain_array_pickled_once_per_call(self):
+        plain, counted = np.arange(100.0), Counted()
+        part = functools.partial(element, plain)
+        with self.pool(2) as pool:
+            Counted.pickled = 0
+            assert pool.map(lambda i: (counted(), part(i))[1], range(6), chunksize=1) == [
+                float(i) for i in range(6)]
+            assert Counted.pickled == 1
+
+    # review 1 item 5: a dump that fails lets go of the holds it took
+    def test_failed_dump_releases_its_holds(self):
+        arr, lock = shmpool.zeros(8), threading.Lock()  # (cells go in name order)
+        with self.pool(2) as pool:
+            with pytest.raises(TypeError):
+                pool.map(lambda i: (arr, lock), range(4))
+            assert holds_cleared(arr, within=1.0)
+            assert pool.map(lambda i: float(arr[i]), range(2)) == [0.0, 0.0]
+
+    # review 1 item 6: what a function carries besides code
+    def test_function_by_value_keeps_annotations_and_doc(self):
+        def f(x: int) -> str:
+            "doc of f"
+            return repr((f.__annotations__, f.__doc__, f.__name__, f.__qualname__))
+
+        g = functools.wraps(annotated)(lambda x: g.__annotations__)
+        with self.pool(1) as pool:
+            assert pool.apply(f, (0,)) == f(0)
+            assert pool.apply(g, (0,)) == {"x": int, "return": str}
+
+    # review 1 item 7: functions of no module a worker can import
+    def test_function_of_no_importable_module(self):
+        named, nameless = {"__name__": "dynmod", "K": 3}, {"K": 4}
+        exec("def f(x):\n    return x * K\n", named)
+        exec("def g(x):\n    return x * K\n", nameless)
+        with self.pool(2) as pool:
+            assert pool.map_async(named["f"], range(3)).get(30) == [0, 3, 6]
+            assert pool.map_async(nameless["g"], range(3)).get(30) == [0, 4, 8]
