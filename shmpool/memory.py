@@ -10,8 +10,9 @@ after its creator has let it go, and must never see that memory reused under
 their feet.  So a span of the arena being cut is reused once it dies only if
 it was never ``shared`` (named to another process) and this process has not
 forked since it was made (temporaries, say).  A bigger span is a file of its
-own.  So descriptors and mappings grow with the
-memory in use, not with the number of arrays.  The memory of a file goes back
+own.  So descriptors and mappings grow with the memory in use, not with the
+number of arrays; and arenas are small, so that a long-lived small array
+keeps at most ``ARENA`` bytes alive with it.  The memory of a file goes back
 to the system when the last process unmaps it (for an arena: once every span
 of it is let go everywhere), on every Python.  A process maps a file once,
 whole, for every span of it (``mapped``, ``map_whole``).
@@ -48,8 +49,8 @@ if TYPE_CHECKING:
 ALIGNMENT = 64
 #: Spans of at most this many bytes share arena files: the first of
 #: ``4 * SMALL`` bytes, each next one twice as big up to ``ARENA``.
-SMALL = 64 << 10
-ARENA = 1 << 20
+SMALL = 4 << 10
+ARENA = 64 << 10
 
 _SHM_DIR = "/dev/shm"
 
@@ -100,8 +101,9 @@ class Slot(object):
         self.shared = False
 
 
-# The arena being cut, weakly: it goes with its last span, as any memory does.
-_arena: List[weakref.ref[Buffer]] = []
+# The arena being cut, held (its freed spans are reused for the next small
+# arrays); a full one goes with its last span, as any memory does.
+_arena: List[Buffer] = []
 _arena_size = [4 * SMALL]  # of the next arena
 _arena_lock = threading.Lock()
 _forks = [0]  # forks this process made
@@ -111,7 +113,7 @@ _finalizers: Dict[int, weakref.ref[Buffer]] = {}
 def _from_arena(size: int, zero: bool) -> Tuple[Buffer, int, int]:
     step = size + -size % ALIGNMENT
     with _arena_lock:
-        arena = _arena[0]() if _arena else None
+        arena = _arena[0] if _arena else None
         if arena is not None and arena._shmpool_top + step > len(arena) and not (
                 arena._shmpool_free.get(step)):
             _arena_size[0] = min(2 * _arena_size[0], ARENA)  # it filled up
@@ -119,7 +121,7 @@ def _from_arena(size: int, zero: bool) -> Tuple[Buffer, int, int]:
         if arena is None:
             arena = _new_file(_arena_size[0])
             arena._shmpool_free, arena._shmpool_top = {}, 0  # (span size -> offsets)
-            _arena[:] = [weakref.ref(arena)]
+            _arena[:] = [arena]
         free = arena._shmpool_free.get(step)
         fresh = not free
         if free:

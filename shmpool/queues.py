@@ -84,6 +84,14 @@ class TaskQueue(_Queue):
         # The holds of the frames sent, discarded when the pool terminates.
         self.holds = inflight.Channel()
 
+    def renew(self) -> None:
+        """Fresh pipes; the holds of the frames left in the old one are let go
+        of (no worker will read them: their calls fail with the restart)."""
+        old = self.holds
+        super(TaskQueue, self).renew()
+        self.holds = inflight.Channel()
+        old.discard()
+
     def stop(self) -> None:
         """The pool is terminating: the parent's task thread drops the task it
         is writing, within a tick, and writes no more."""
