@@ -191,14 +191,20 @@ def _scalar(where: Any) -> type:
     return cast(type, scalar)
 
 
+#: Packages of dtypes whose module a worker may import to read the table
+#: (any other must be imported already: a table that any worker can write
+#: must not make the others import what it names).
+DTYPE_PACKAGES = frozenset(["numpy", "ml_dtypes"])
+
+
 def _named(where: Any, base: type, imported: bool = False) -> Any:
     """The subclass of ``base`` that ``[module, qualname]`` names, looked up
     in namespaces (no attribute code runs), or None.  The module is imported
-    if it is numpy's or, unless ``imported``, any (a dtype's, as unpickling the
-    dtype would)."""
+    if it is numpy's or, unless ``imported``, of ``DTYPE_PACKAGES``."""
     module, qualname = (str(part) for part in where)
     obj: Any = sys.modules.get(module)
-    if obj is None and (not imported or module.split(".")[0] == "numpy"):
+    top = module.split(".")[0]
+    if obj is None and (top == "numpy" or (not imported and top in DTYPE_PACKAGES)):
         try:
             obj = importlib.import_module(module)
         except ImportError:
