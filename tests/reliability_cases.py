@@ -23,7 +23,7 @@ import pytest
 
 import shmpool
 import shmpool.pool
-from shmpool import WorkerDied, protocol, queues, worker
+from shmpool import WorkerDied, inflight, ndarrays, protocol, queues, worker
 
 from conftest import HERE, StartMethodCases, file_in_use, process_alive
 
@@ -268,6 +268,8 @@ class ReliabilityCases(StartMethodCases):
             iterator = pool.imap(die_at, [1, 2, 3] + [8] * 50)
             assert [next(iterator) for _ in range(3)] == [1, 2, 3]
             mapped = pool.map_async(square, range(100), chunksize=1)
+            sent = shmpool.zeros(4)  # in frames the restart leaves in the old pipe
+            referenced = pool.map_async(np.sum, [sent] * 200, chunksize=1)
             tears[0] = tear
             start = time.monotonic()
             with pytest.raises(WorkerDied, match=match) as info:
@@ -284,6 +286,16 @@ class ReliabilityCases(StartMethodCases):
                 list(iterator)
             with pytest.raises(StopIteration):
                 next(iterator)
+            with pytest.raises(WorkerDied, match=match):
+                referenced.get(2)
+            # No worker reads the old pipe: its frames hold no block (those
+            # written into the new one are taken, and let go of, by new workers).
+            block = ndarrays.locate(sent)[0]
+            deadline = time.monotonic() + 10
+            while [h for h in list(inflight._sender.holds.values()) if h[1] is block]:
+                assert time.monotonic() < deadline, "frames of the old pipe still hold"
+                time.sleep(0.1)
+                inflight.release()
             assert tears[0] == 0
             # Fresh workers, with the arrays, on fresh queues.
             assert pool.map(square, range(50), chunksize=1) == [i * i for i in range(50)]
