@@ -11,13 +11,16 @@ receiver is gone at once: a process being started that exited, or the frames
 of a ``Channel`` (a pool's task pipe) that was discarded when the pool
 terminated.  A process that exits waits for the receivers that can still take
 what it sent (at most ``EXIT_WAIT``): a worker's last result outlives the worker.
+
+Holds are let go of when a process sends or makes shared memory, by a pool's
+supervisor thread, and at exit: never from a garbage collector callback,
+which, run in the main thread, would swallow a Ctrl-C that landed in it.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import os
 import threading
 import time
@@ -77,7 +80,7 @@ _sender = _Sender()
 _local = threading.local()
 # receiver side: sender's page key -> buffer
 _pages: collections.OrderedDict[Tuple[int, ...], blocks.Buffer] = collections.OrderedDict()
-_SWEEP_EVERY = 0.05  # seconds between sweeps, but for explicit gc.collect()
+_SWEEP_EVERY = 0.05  # seconds between sweeps, but for release()
 
 
 def hold(buffer: blocks.Buffer, child: Any = None) -> Optional[Ack]:
@@ -136,7 +139,8 @@ def _gone(receiver: Any) -> bool:
 
 
 def release(force: bool = True) -> None:
-    """Let go of what can be let go now; run by the garbage collector too."""
+    """Let go of what can be let go now (with ``force``, even if a sweep was
+    made in the last ``_SWEEP_EVERY`` seconds)."""
     s = _sender
     if s.holds and (force or time.monotonic() >= s.next_sweep) and s.lock.acquire(False):
         try:
@@ -181,10 +185,3 @@ def _after_fork() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
-
-def _on_gc(phase: str, info: Dict[str, int]) -> None:
-    if phase == "start":
-        release(force=info.get("generation") == 2)
-
-
-gc.callbacks.append(_on_gc)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Uni
 
 import numpy as np
 
-from . import blocks
+from . import blocks, inflight
 
 if TYPE_CHECKING:
     from typing import Literal, Sequence, SupportsIndex, TypeVar
@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     Order = Literal["C", "F"]
 
 
+def _new(nbytes: int, zero: bool = False) -> blocks.Buffer:
+    inflight.release(force=False)  # (first, what no receiver needs any more)
+    return blocks.new(nbytes, zero)
+
+
 @overload
 def empty(shape: ShapeLike, dtype: _DTypeOf[_ScalarT],
           order: Order = ...) -> npt.NDArray[_ScalarT]: ...
@@ -40,7 +45,7 @@ def empty(shape: ShapeLike, dtype: npt.DTypeLike = float,
           order: Order = "C") -> npt.NDArray[Any]:
     """A new uninitialised ndarray on process-shared memory, like ``numpy.empty``."""
     shape, dtype, order, nbytes = _checked(shape, dtype, order)
-    return _view(blocks.new(nbytes), shape, dtype, order)
+    return _view(_new(nbytes), shape, dtype, order)
 
 
 @overload
@@ -53,7 +58,7 @@ def zeros(shape: ShapeLike, dtype: npt.DTypeLike = float,
           order: Order = "C") -> npt.NDArray[Any]:
     """A new zero-filled ndarray on process-shared memory, like ``numpy.zeros``."""
     shape, dtype, order, nbytes = _checked(shape, dtype, order)
-    return _view(blocks.new(nbytes, zero=True), shape, dtype, order)
+    return _view(_new(nbytes, zero=True), shape, dtype, order)
 
 
 @overload

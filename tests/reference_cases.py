@@ -340,6 +340,7 @@ class ReferenceCases(StartMethodCases):
         del a
         time.sleep(0.3)
         gc.collect()
+        inflight.release()  # (as the next send, allocation or pool tick would)
         assert open_fds() == before_fds
         assert not file_in_use(block)
 
