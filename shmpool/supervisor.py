@@ -42,7 +42,7 @@ from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Set,
                     Tuple, Type, cast)
 
-from . import _compat
+from . import _compat, inflight
 from .protocol import (ERROR, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT, STARTING,
                        STATE, WAITING, new_status, recorded_error)
 
@@ -124,8 +124,9 @@ class Supervisor(object):
         args = list(kwds["args"])
         initargs = args[3]
         status = new_status()
-        # Workers made while the pool starts pre-fault the shared arrays.
-        args[3] = tuple(initargs[:-1]) + (status, self.pool is None)
+        # Workers made while the pool starts pre-fault the shared arrays, if
+        # they are to live as long as the pool (not retired by maxtasksperchild).
+        args[3] = tuple(initargs[:-1]) + (status, self.pool is None and args[4] is None)
         kwds = dict(kwds, args=tuple(args))
         with self.changed:
             while self.restarting or (self.broken is not None and self._running()):
@@ -159,6 +160,7 @@ class Supervisor(object):
 
     def _watch(self) -> None:
         while not self._stopping.wait(_POLL):
+            inflight.release(force=False)  # (what the pool's calls sent and were taken)
             pool = cast("weakref.ref[SharedArrayPool]", self.pool)()  # start() set it
             if pool is None or pool._state == _mp_pool.TERMINATE:
                 return

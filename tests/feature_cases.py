@@ -3,6 +3,7 @@ method by test_fork/spawn/forkserver."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -157,14 +158,21 @@ class FeatureCases(StartMethodCases):
 
     def test_only_workers_started_with_the_pool_prefault(self):
         # The first map finds the arrays' page tables filled; a replacement
-        # worker (maxtasksperchild) maps them as it touches them.
+        # worker maps them as it touches them, and so do workers retired after
+        # maxtasksperchild tasks, from the start.
         size = 64 << 20
+        resident = size // 1024
+        with self.pool(1, arrays={"x": np.zeros(size, np.uint8)}) as pool:
+            assert pool.apply(resident_shared, ("x",))[1] >= resident * 0.9
+            os.kill(pool._pool[0].pid, signal.SIGKILL)  # replaced, idle
+            deadline = time.monotonic() + 10
+            while pool.apply(resident_shared, ("x",))[1] >= resident * 0.9:
+                assert time.monotonic() < deadline
         with self.pool(1, maxtasksperchild=1, arrays={"x": np.zeros(size, np.uint8)}) as pool:
             (first, first_kib), (second, second_kib) = [
                 pool.apply(resident_shared, ("x",)) for _ in range(2)]
             assert first != second
-            assert first_kib >= size // 1024 * 0.9
-            assert second_kib < size // 1024 * 0.1
+            assert first_kib < resident * 0.1 and second_kib < resident * 0.1
 
     def test_bad_sharing_refused_and_pool_stays_usable(self):
         with self.pool(2, arrays={"a": np.zeros(2)}) as pool:

@@ -23,6 +23,7 @@ import pytest
 
 import shmpool
 from shmpool import SharedArrayPool, inflight
+from shmpool import memory as shm_memory
 from shmpool.memory import ARENA
 
 from conftest import file_in_use, open_fds, shm_file, shm_files
@@ -270,14 +271,18 @@ def test_soak_leaves_nothing_behind(start_method):
         rounds += 1
         tasks += one_round(ctx, rounds, files, pids)
         assert settle(threads) <= threads, [t.name for t in threading.enumerate()]
-        assert open_fds() <= fds, "descriptors grow, round %d: %s -> %s" % (
+        # (+1: the arena being cut may have just filled up while a span of
+        # the one before it still lives)
+        assert open_fds() <= fds + 1, "descriptors grow, round %d: %s -> %s" % (
             rounds, fds_before, fd_targets())
     elapsed = time.monotonic() - start
 
     gc.collect()
+    inflight.release()  # (the holds that ended: shmpool's next send would)
     extra = held_by_self() - held
     pages = files_of(np.frombuffer(b, np.uint8) for b in inflight._pages.values())
-    assert extra <= pages, (extra, pages)
+    cutting = files_of(np.frombuffer(b, np.uint8) for b in shm_memory._arena)  # kept
+    assert extra <= pages | cutting, (extra, pages)
     # Small arrays are cut from shared arena files (up to ARENA bytes):
     # one kept alive in this process by an earlier test keeps its arena, and
     # the small arrays cut from it since, in use.  Nothing bigger, and no
