@@ -99,6 +99,11 @@ class ThreadsCases(StartMethodCases):
         assert "pip install shmpool[threads]" in str(warning.message)
         for _, variables, _ in results:
             assert variables == {name: "1" for name in VARIABLES}
+        with pytest.warns(ThreadLimitWarning) as record:
+            ex = SharedArrayExecutor(1, mp_context=self.ctx, threads_per_worker=1)
+        with ex:
+            assert ex.submit(float, 2).result() == 2.0
+        assert [w.filename for w in record] == [__file__]
 
     def test_executor_workers_capped(self):
         with SharedArrayExecutor(2, mp_context=self.ctx, threads_per_worker=1,
