@@ -21,7 +21,7 @@ that the close comparisons see the same background load.  The tables give
 medians and [min-max] ranges.  Beside each map's wall time, the parent's CPU
 time during it (time.process_time(): every thread of this process, the pool's
 handler threads included).  numpy is single-threaded (the thread variables are
-set before it is imported).  Workers: 2 by default (--workers).
+set before it is imported), but in W5's uncapped pool.  Workers: 2 by default (--workers).
 
 Workloads
   W1 big map   X float32 (--w1-mib, 1 GiB), --chunks row chunks, Y[c] = (X[c]**2).sum(1):
@@ -40,6 +40,12 @@ Workloads
                making the pool to the end of the map, for shmpool and the RawArray
                pool under each of --w4-start-methods, and how it grows with the
                shared size.
+  W5 matmul    threads_per_worker: --w5-tasks (64) products A[i] @ B of float64
+               --w5-size (384) square matrices on shared memory, chunksize 1, on a
+               SharedArrayPool whose workers' BLAS runs at its default (one
+               thread per core: their initializer undoes the variables below)
+               and on one with threads_per_worker=1, side by side; the ratio of
+               their map times, per start method.
   Memory       peak total PSS (/proc/PID/smaps_rollup) of this process and all its
                descendants during W1, shared memory counted once per object (see
                PssSampler), sampled by a thread in a pass of its own (so the

@@ -6,6 +6,7 @@
     SharedArrayExecutor    a ``concurrent.futures.ProcessPoolExecutor`` with ``arrays=``
     arrays                 in a pool's worker, the pool's arrays by name
     SharedMemoryWarning    shared memory spilled from /dev/shm to disk
+    ThreadLimitWarning     threads_per_worker could not cap every thread pool
     BlockUnavailable       a shared array's memory could no longer be reached
     WorkerDied             a pool worker died during a task (the call raises it)
 
@@ -22,6 +23,7 @@ from .ndarrays import copy, empty, is_shared, zeros
 from .pool import SharedArrayPool
 from .reduction import register as _register
 from .supervisor import WorkerDied
+from .threads import ThreadLimitWarning
 from .worker import arrays
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "SharedArrayExecutor",
     "SharedArrayPool",
     "SharedMemoryWarning",
+    "ThreadLimitWarning",
     "WorkerDied",
     "arrays",
     "copy",

@@ -40,7 +40,7 @@ import functools
 from concurrent.futures import process as _process
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Tuple
 
-from . import pickling, protocol, worker
+from . import pickling, protocol, threads, worker
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -59,7 +59,9 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
 
     ``arrays`` maps names to ndarrays; an array already on shared memory is used
     as it is, any other is copied there once.  ``ex.arrays`` is the parent's
-    read-only view of them, readable even after ``shutdown()``.  Further keyword
+    read-only view of them, readable even after ``shutdown()``.
+    ``threads_per_worker`` caps every worker's BLAS and OpenMP thread pools, as
+    on ``SharedArrayPool``.  Further keyword
     arguments (``max_tasks_per_child`` on Python 3.11+) go to
     ``ProcessPoolExecutor``.
     """
@@ -69,10 +71,11 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
                  initializer: Optional[Callable[..., object]] = None,
                  initargs: Iterable[Any] = (), *,
                  arrays: Optional[Mapping[str, npt.NDArray[Any]]] = None,
-                 **kwargs: Any) -> None:
+                 threads_per_worker: Optional[int] = None, **kwargs: Any) -> None:
         # Everything is checked, and copied, before any executor state exists.
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        threads_per_worker = threads.check(threads_per_worker)
         sharing = worker.Sharing(arrays)
         self.arrays, self._registry = sharing.arrays, sharing.registry
         # Workers get the same initializer arguments as a pool's (see
@@ -80,7 +83,8 @@ class SharedArrayExecutor(_process.ProcessPoolExecutor):
         # death already breaks a ProcessPoolExecutor, failing its futures.
         super(SharedArrayExecutor, self).__init__(
             max_workers, mp_context, worker.initialize,
-            sharing.initargs(initializer, initargs, mp_context, defer=False, status=None),
+            sharing.initargs(initializer, initargs, mp_context, defer=False, status=None,
+                             threads_per_worker=threads_per_worker),
             **kwargs)
         _tolerate_unreachable_blocks(self)
 

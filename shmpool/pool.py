@@ -44,7 +44,7 @@ from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sized, cast, overload)
 
-from . import _compat, ndarrays, pickling, progress, queues, supervisor, worker
+from . import _compat, ndarrays, pickling, progress, queues, supervisor, threads, worker
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -86,17 +86,23 @@ class SharedArrayPool(_Pool):
     ``arrays`` maps names to ndarrays; an array already on shared memory is used
     as it is, any other is copied there once.  ``pool.arrays`` is the parent's
     read-only view of them, readable even after the pool is closed.
+
+    ``threads_per_worker`` caps the BLAS and OpenMP thread pools of every
+    worker, replacements included (see ``shmpool.threads``); None leaves them
+    as they are.
     """
 
     def __init__(self, processes: Optional[int] = None,
                  initializer: Optional[Callable[..., object]] = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None,
                  context: Optional[BaseContext] = None, *,
-                 arrays: Optional[Mapping[str, npt.NDArray[Any]]] = None) -> None:
+                 arrays: Optional[Mapping[str, npt.NDArray[Any]]] = None,
+                 threads_per_worker: Optional[int] = None) -> None:
         # Pool.__del__ (3.8+) reads these even when __init__ failed early.
         self._pool, self._state = [], getattr(_mp_pool, "INIT", "INIT")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        threads_per_worker = threads.check(threads_per_worker)
         sharing = worker.Sharing(arrays)
         self.arrays, self._registry = sharing.arrays, sharing.registry
         self._sharing = threading.Lock()
@@ -107,7 +113,8 @@ class SharedArrayPool(_Pool):
         # arrays.
         super(SharedArrayPool, self).__init__(
             processes, worker.initialize,
-            sharing.initargs(initializer, initargs, ctx, defer=True, status=self._supervisor),
+            sharing.initargs(initializer, initargs, ctx, defer=True, status=self._supervisor,
+                             threads_per_worker=threads_per_worker),
             maxtasksperchild, context)
         self._supervisor.start(self)
 

@@ -17,7 +17,7 @@ from multiprocessing.reduction import ForkingPickler
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional,
                     Tuple, Union)
 
-from . import _compat, memory, ndarrays, pickling, protocol, registry
+from . import _compat, memory, ndarrays, pickling, protocol, registry, threads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -103,28 +103,31 @@ class Sharing(object):
         self.registry.publish(self.arrays)
 
     def initargs(self, initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
-                 ctx: Any, *, defer: bool, status: Any) -> Tuple[Any, ...]:
+                 ctx: Any, *, defer: bool, status: Any,
+                 threads_per_worker: Optional[int] = None) -> Tuple[Any, ...]:
         """The arguments of ``initialize`` for the workers: the arrays travel
         in the registry's block alone (but on the portable path, where they
         are ``registry.carried``); the user's ``initializer`` is made portable
         (for ``ctx``, a context or None) and, with ``defer``, unpickled only in
         ``initialize``; ``status`` is the status block, or what stands for it
-        until a pool's ``Process`` replaces it."""
+        until a pool's ``Process`` replaces it; ``threads_per_worker``, the
+        cap on each worker's thread pools (see ``threads``)."""
         if initializer is not None:  # (pickled, with the rest, for a spawned worker)
             initializer = pickling.portable(initializer, ctx)
         user: Tuple[Any, Any] = ((Deferred((initializer, initargs)), ()) if defer
                                  else (initializer, tuple(initargs)))
-        return ((self.registry.block, registry.carried(self.arrays)) + user
-                + (os.getpid(), status))
+        return ((self.registry.block, registry.carried(self.arrays), threads_per_worker)
+                + user + (os.getpid(), status))
 
 
 def initialize(registry_block: npt.NDArray[np.uint8],
-               carried: Mapping[str, npt.NDArray[Any]],
+               carried: Mapping[str, npt.NDArray[Any]], threads_per_worker: Optional[int],
                initializer: Optional[Callable[..., object]], initargs: Iterable[Any],
                parent: int, status: Optional[npt.NDArray[np.int64]],
                prefault: bool = True) -> None:
-    """The pool's worker initializer: map the pool's shared arrays (from its
-    table, ``registry_block``) and publish them as ``shmpool.arrays``, watch
+    """The pool's worker initializer: cap the worker's thread pools at
+    ``threads_per_worker`` (None: as they are), map the pool's shared arrays
+    (from its table, ``registry_block``) and publish them as ``shmpool.arrays``, watch
     the parent, then run the user's own initializer (given as
     ``Deferred((initializer, initargs))`` by a pool).  An error that ends the
     worker here is kept in its status block, for the parent.
@@ -135,6 +138,7 @@ def initialize(registry_block: npt.NDArray[np.uint8],
     arrays' page tables are filled now, for a fast first map; a replacement
     worker maps them as it touches them, as a plain Pool's worker would."""
     try:
+        threads.limit(threads_per_worker)  # (first: before anything the task modules load)
         _initialize(registry_block, initializer, initargs, parent, status, prefault)
     except BaseException:
         if status is not None:

@@ -53,9 +53,9 @@ def test_by_start_method_table_gives_the_ratios_of_the_medians(tmp_path):
 
 
 def test_tiny_run_with_spawn_and_forkserver_workers(tmp_path):
-    out = compare("--repeats", "0", "--workloads", "w1,w4", "--w1-mib", "1", "--w2-mib", "1",
-                  "--chunks", "4", "--tasks", "10", "--calls", "10", "--w4-mib", "2",
-                  "--w4-tasks", "2", "--methods",
+    out = compare("--repeats", "0", "--workloads", "w1,w4,w5", "--w1-mib", "1", "--w2-mib",
+                  "1", "--chunks", "4", "--tasks", "10", "--calls", "10", "--w4-mib", "2",
+                  "--w4-tasks", "2", "--w5-size", "64", "--w5-tasks", "4", "--methods",
                   "rawarray_spawn,shmpool_spawn,rawarray_forkserver,shmpool_forkserver",
                   "--out", str(tmp_path), "--publish", "no")
     assert "ERROR" not in out and "WRONG" not in out, out
@@ -65,3 +65,5 @@ def test_tiny_run_with_spawn_and_forkserver_workers(tmp_path):
         samples = saved["results"][name]["samples"]
         assert {"w1_map2", "w1_cpu2", "w4_small", "w4_big"} <= set(samples), name
     assert "w1_floor" in saved["results"]["rawarray_spawn"]["samples"]
+    for name in ("shmpool_spawn", "shmpool_forkserver"):  # W5 checked the BLAS threads too
+        assert {"w5_free", "w5_capped", "w5_ratio"} <= set(saved["results"][name]["samples"])

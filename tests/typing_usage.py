@@ -60,6 +60,9 @@ def with_a_pool() -> None:
         pool.map(square, ["a"])  # type: ignore[arg-type]
         pool.map(square, range(3), progress="yes")  # type: ignore[arg-type]
     shmpool.SharedArrayPool(arrays={"x": [1, 2]})  # type: ignore[dict-item]
+    shmpool.SharedArrayPool(threads_per_worker=1).close()
+    shmpool.SharedArrayPool(threads_per_worker="1")  # type: ignore[arg-type]
+    assert issubclass(shmpool.ThreadLimitWarning, RuntimeWarning)
 
 
 def with_an_executor() -> None:

@@ -1,7 +1,7 @@
 """The benchmark behind ``benchmarks/compare.py``, in its parts.
 
     workloads   the data (W1 big map, W2 in place, W3 tiny tasks, W4 one-task
-                workers) and the checks of a result
+                workers, W5 matmuls) and the checks of a result
     tasks       what the workers run: module-level, found by name in spawn and
                 forkserver workers (compare.py puts benchmarks/ on sys.path,
                 which they inherit; Ray's get the script's and current folder)

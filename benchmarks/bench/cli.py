@@ -14,12 +14,12 @@ from bench.report import machine, render
 from bench.runner import run
 from bench.summary import summarize
 from bench.targets import FIELDS, targets
-from bench.workloads import COLUMNS, MiB
+from bench.workloads import COLUMNS, MiB, cores
 
 #: benchmarks/: RESULTS.md and chart.png, and results/ for every run's reports.
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESCRIPTION = "shmpool beside the other ways to share numpy arrays with worker processes."
-WORKLOADS = "w1,w2,w3,w4,memory"
+WORKLOADS = "w1,w2,w3,w4,w5,memory"
 W4_START_METHODS = "fork,forkserver,spawn"
 
 
@@ -33,6 +33,8 @@ class Shape(object):
         self.spans1 = range(a.chunks)
         self.w4_tasks = getattr(a, "w4_tasks", None)
         self.w4_sizes = (("small", MiB), ("big", getattr(a, "w4_mib", 0) * MiB))
+        self.w5_tasks, self.w5_size = getattr(a, "w5_tasks", 0), getattr(a, "w5_size", 0)
+        self.cores = getattr(a, "cores", None)
 
 
 def rerender(args):
@@ -68,7 +70,8 @@ def write_reports(results, data, args, elapsed):
     default = (not args.quick and not args.methods and not args.skip
                and args.workloads == WORKLOADS and args.w1_mib == 1024
                and args.w2_mib == 256 and getattr(args, "w4_mib", 2048) == 2048
-               and getattr(args, "w4_start_methods", W4_START_METHODS) == W4_START_METHODS)
+               and getattr(args, "w4_start_methods", W4_START_METHODS) == W4_START_METHODS
+               and getattr(args, "w5_size", 384) == 384 and getattr(args, "w5_tasks", 64) == 64)
     if args.publish == "yes" or (args.publish == "auto" and default):
         shutil.copyfile(md, os.path.join(HERE, "RESULTS.md"))
         if png:
@@ -106,9 +109,13 @@ def main(argv=None):
     parser.add_argument("--w4-start-methods", default=W4_START_METHODS,
                         help="W4's start methods (under spawn each one-task worker imports "
                              "numpy: the slowest)")
+    parser.add_argument("--w5-size", type=int, default=384,
+                        help="W5 (matmul): rows of each float64 square matrix")
+    parser.add_argument("--w5-tasks", type=int, default=None,
+                        help="W5: matrix products per map; default 64 (--quick: 16)")
     parser.add_argument("--workloads", default=WORKLOADS,
-                        help="comma-separated: w1, w2, w3, w4 and memory (W1's peak memory, "
-                             "in a pass of its own)")
+                        help="comma-separated: w1, w2, w3, w4, w5 and memory (W1's peak "
+                             "memory, in a pass of its own)")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes: W1 64 MiB, W2 16 MiB, 2000 tasks, 100000 calls, "
                              "W4 12 tasks with 128 MiB")
@@ -129,7 +136,10 @@ def main(argv=None):
         args.slow_tasks = min(args.slow_tasks, 500)
     args.w4_mib = args.w4_mib or (128 if args.quick else 2048)
     args.w4_tasks = args.w4_tasks or (12 if args.quick else 40)
-    if args.tasks < 1 or args.calls < 1 or args.repeats < 0 or args.w4_mib < 1:
+    args.w5_tasks = args.w5_tasks or (16 if args.quick else 64)
+    args.cores = cores()
+    if (args.tasks < 1 or args.calls < 1 or args.repeats < 0 or args.w4_mib < 1
+            or args.w5_size < 1):
         parser.error("sizes must be positive")
     args.slow_repeats = max(1, min(args.slow_repeats, args.repeats))
 

@@ -52,7 +52,7 @@ def render(results, summary, data, args, elapsed):
                     platform.python_version(), np.__version__, os.cpu_count(), args.workers,
                     args.repeats, elapsed))
     rows = targets(summary, data, args, results)
-    for section in (_w1, _w2, _w3, _w4):
+    for section in (_w1, _w2, _w3, _w4, _w5):
         section(lines, results, summary, data, args)
     _by_start_method(lines, summary, rows)
     lines.append("\n## Methods\n")
@@ -163,6 +163,32 @@ def _w4(lines, results, summary, data, args):
         lines.append("| %s | %s | %s | %s | %s | %s |" % (
             name, fmt(s.get("w4_small"), scale=1e3), fmt(s.get("w4_big"), scale=1e3), growth,
             fmt(s.get("w4_factor"), digits=2), status(only(res, "W4"))))
+
+
+def _w5(lines, results, summary, data, args):
+    if not any("w5_ratio" in summary.get(name, {}) or status(only(res, "W5"))
+               for name, res in results.items()):
+        return
+    n = data.w5_size
+    lines.append("\n## W5: matmul-heavy map, `threads_per_worker=1` or not\n")
+    lines.append("%d tasks (chunksize 1), each `C[i] = A[i] @ B`, float64 %d×%d matrices on "
+                 "shared memory, on %d workers.  Default threads: each worker's BLAS at its "
+                 "default, one thread per core (%s; the benchmark sets the thread variables to "
+                 "1, so these workers' initializer puts it back); capped: "
+                 "`SharedArrayPool(..., threads_per_worker=1)`.  Both pools run side by side, "
+                 "which first alternating; each worker's BLAS thread count is checked.  Ratio: "
+                 "the median over the repeats of default / capped in the same repeat.\n"
+                 % (data.w5_tasks, n, n, args.workers, data.cores or "?"))
+    lines.append("| method | default threads map s | threads_per_worker=1 map s "
+                 "| default / capped | notes |")
+    lines.append("|---|---|---|---|---|")
+    for name, res in results.items():
+        s = summary.get(name, {})
+        if not _shown(res, s, "w5_ratio", "W5"):
+            continue
+        lines.append("| %s | %s | %s | %s | %s |" % (
+            name, fmt(s.get("w5_free")), fmt(s.get("w5_capped")),
+            fmt(s.get("w5_ratio"), digits=2), status(only(res, "W5"))))
 
 
 def _by_start_method(lines, summary, rows):

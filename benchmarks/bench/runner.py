@@ -9,7 +9,7 @@ from bench.measure import PssSampler, now, settle
 from bench.methods import RUN_ORDER, all_methods
 from bench.workloads import Data, Wrong
 
-WORKLOADS = ("w1", "w2", "w3", "w4")
+WORKLOADS = ("w1", "w2", "w3", "w4", "w5")
 
 
 def select(args):
@@ -43,8 +43,9 @@ def run(args):
 
     t_start = now()
     print("data: W1 %d MiB float32, W2 %d MiB float16, %d chunks, %d workers; W4 %d tasks, "
-          "1 and %d MiB shared" % (args.w1_mib, args.w2_mib, args.chunks, args.workers,
-                                   args.w4_tasks, args.w4_mib), flush=True)
+          "1 and %d MiB shared; W5 %d matmuls %dx%d" % (
+              args.w1_mib, args.w2_mib, args.chunks, args.workers, args.w4_tasks,
+              args.w4_mib, args.w5_tasks, args.w5_size, args.w5_size), flush=True)
     data = Data(args)
     if any(m.name == "shmpool_empty" for m in methods):
         data.shared_x1()

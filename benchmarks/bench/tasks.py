@@ -34,9 +34,13 @@ def fork_clear():
 
 def init(barrier, kind=None, payload=None):
     """Every Pool-based method's initializer: keep the start barrier, and for the
-    hand-written methods, make the views of the shared arrays."""
+    hand-written methods, make the views of the shared arrays (W5's uncapped
+    pool: set BLAS to payload threads)."""
     _G.clear()
     _G["barrier"] = barrier
+    if kind == "threads":
+        import threadpoolctl
+        _G["threads"] = threadpoolctl.threadpool_limits(payload)
     if kind == "rawarray":
         for key, (raw, shape, dtype) in payload.items():
             # RawArray of bytes, viewed as the dtype: the technique with no library.
@@ -136,6 +140,21 @@ def w4_global(i):
 
 def w4_shmpool(i):
     return int(_shared("x")[i])
+
+
+def blas_threads(_):
+    """(pid, the BLAS thread counts) of a worker, one task per worker (the start
+    barrier), after a matmul that starts BLAS's threads."""
+    import threadpoolctl
+    _G["barrier"].wait(120)
+    a = np.ones((256, 256))
+    a @ a
+    return os.getpid(), sorted({i["num_threads"] for i in threadpoolctl.threadpool_info()
+                                if i["user_api"] == "blas"})
+
+
+def w5_shmpool(i):
+    np.matmul(_shared("a")[i], _shared("b"), out=_shared("c")[i])
 
 
 def inc(i):

@@ -1,6 +1,8 @@
 """The workloads' data, made once per run, and the checks of a result against
 the serial numpy one."""
 
+import os
+
 import numpy as np
 
 import shmpool
@@ -51,12 +53,25 @@ class Data(object):
         # W4: maxtasksperchild=1 with a small and a big shared array.
         self.w4_tasks = args.w4_tasks
         self.w4_sizes = (("small", MiB), ("big", args.w4_mib * MiB))
+        # W5: --w5-tasks float64 matrices, each multiplied by the same one.
+        self.w5_tasks, self.w5_size = args.w5_tasks, args.w5_size
+        self.w5_a = rng.random((args.w5_tasks, args.w5_size, args.w5_size))
+        self.w5_b = rng.random((args.w5_size, args.w5_size))
+        self.w5_c = np.matmul(self.w5_a, self.w5_b)
+        self.w5_flip = False  # which of W5's two pools runs first
+        self.cores = cores()
 
     def shared_x1(self):
         if self.x1_shared is None:
             self.x1_shared = shmpool.empty(self.x1.shape, self.x1.dtype)
             self.x1_shared[...] = self.x1  # as if generated in place
         return self.x1_shared
+
+
+def cores():
+    """The cores this process may run on: BLAS's default thread count."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
 def spans(rows, chunks):

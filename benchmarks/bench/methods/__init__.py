@@ -8,7 +8,8 @@ from bench.methods.joblib_mpire import (JoblibMethod, joblib_w1, joblib_w2, jobl
                                         mpire_w1, mpire_w2, mpire_w3)
 from bench.methods.on_ray import (RayMethod, ray_w1, ray_w2, ray_w3, shmpool_ray_w1,
                                   shmpool_ray_w2)
-from bench.methods.sharedarraypool import shmpool_w1, shmpool_w2, shmpool_w3, shmpool_w4
+from bench.methods.sharedarraypool import (shmpool_w1, shmpool_w2, shmpool_w3, shmpool_w4,
+                                           shmpool_w5)
 from bench.methods.stdlib import (fork_global_w1, fork_global_w2, pickle_w1, pickle_w2,
                                   pickle_w3, rawarray_w1, rawarray_w2, rawarray_w4, serial_w1,
                                   serial_w2, serial_w3, shm_w1, shm_w2)
@@ -65,6 +66,7 @@ def all_methods():
                          partial(shmpool_w2, start_method=sm),
                          partial(shmpool_w3, start_method=sm),
                          w4=partial(shmpool_w4, start_method=sm), start_method=sm,
+                         w5=partial(shmpool_w5, start_method=sm),
                          note="SharedArrayPool(arrays={...}) under %s; W1 places X "
                               "with shmpool.copy, as arrays= does" % sm))
     ms.append(Method("shmpool_empty", "shmpool, made in place",

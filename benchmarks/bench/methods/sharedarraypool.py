@@ -59,3 +59,33 @@ def shmpool_w4(data, start_method):
         return shmpool.SharedArrayPool(data.workers, context=ctx, maxtasksperchild=1,
                                        arrays={"x": x})
     return per_task(place, start, tasks.w4_shmpool, data)
+
+
+def shmpool_w5(data, start_method):
+    """W5, the matmul map, on two pools side by side (which runs first
+    alternating between repeats): one whose workers' BLAS runs at its default,
+    one thread per core (this process sets the thread variables to 1, so their
+    initializer puts it back), and one with threads_per_worker=1.  Each
+    worker's BLAS thread count is checked first."""
+    ctx = mp.get_context(start_method)
+    a, b = shmpool.copy(data.w5_a), shmpool.copy(data.w5_b)  # untimed, for both pools
+    variants = [("free", (ctx.Barrier(data.workers), "threads", data.cores), None),
+                ("capped", (ctx.Barrier(data.workers),), 1)]
+    data.w5_flip = not data.w5_flip
+    out = {}
+    for key, initargs, threads_per_worker in variants if data.w5_flip else variants[::-1]:
+        c = shmpool.empty(data.w5_c.shape, data.w5_c.dtype)
+        pool = shmpool.SharedArrayPool(data.workers, tasks.init, initargs, context=ctx,
+                                       arrays={"a": a, "b": b, "c": c},
+                                       threads_per_worker=threads_per_worker)
+        with started(pool, data, {}, now()):
+            want = threads_per_worker or data.cores
+            seen = pool_map(pool, tasks.blas_threads, range(data.workers), 1)
+            if any(counts != [want] for _, counts in seen):
+                raise Wrong("W5 %s: the workers' BLAS threads are %s, not %d"
+                            % (key, [counts for _, counts in seen], want))
+            _, out[key], _ = timed(lambda: pool_map(pool, tasks.w5_shmpool,
+                                                    range(len(c)), 1))
+        check_close(c, data.w5_c)
+    out["ratio"] = out["free"] / out["capped"]
+    return out
