@@ -6,6 +6,7 @@ import multiprocessing
 import pytest
 
 import feature_cases
+import memmap_cases
 import pickling_cases
 import pool_cases
 import property_cases
@@ -38,4 +39,8 @@ class TestPropertiesForkserver(property_cases.PropertyCases):
 
 
 class TestPicklingForkserver(pickling_cases.PicklingCases):
+    start_method = "forkserver"
+
+
+class TestMemmapsForkserver(memmap_cases.MemmapCases):
     start_method = "forkserver"

@@ -6,6 +6,7 @@ import multiprocessing
 import pytest
 
 import feature_cases
+import memmap_cases
 import pickling_cases
 import pool_cases
 import property_cases
@@ -38,4 +39,8 @@ class TestPropertiesSpawn(property_cases.PropertyCases):
 
 
 class TestPicklingSpawn(pickling_cases.PicklingCases):
+    start_method = "spawn"
+
+
+class TestMemmapsSpawn(memmap_cases.MemmapCases):
     start_method = "spawn"
