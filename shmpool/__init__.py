@@ -7,6 +7,7 @@
     arrays                 in a pool's worker, the pool's arrays by name
     SharedMemoryWarning    shared memory spilled from /dev/shm to disk
     BlockUnavailable       a shared array's memory could no longer be reached
+    FileUnavailable        a memmap's file was removed or replaced (a BlockUnavailable)
     WorkerDied             a pool worker died during a task (the call raises it)
 
 Importing shmpool teaches ``multiprocessing``'s pickler to send shared arrays,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from .blocks import BlockUnavailable
 from .executor import SharedArrayExecutor
+from .memmaps import FileUnavailable
 from .memory import SharedMemoryWarning
 from .ndarrays import copy, empty, is_shared, zeros
 from .pool import SharedArrayPool
@@ -26,6 +28,7 @@ from .worker import arrays
 
 __all__ = [
     "BlockUnavailable",
+    "FileUnavailable",
     "SharedArrayExecutor",
     "SharedArrayPool",
     "SharedMemoryWarning",
