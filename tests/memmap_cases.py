@@ -52,6 +52,13 @@ def same(v):
     return v
 
 
+def make_memmap(path):
+    """A memmap this worker makes, returned as a view."""
+    m = np.memmap(path, np.int16, "w+", shape=(5,))
+    m[...] = [1, 2, 3, 4, 5]
+    return m[1::2]
+
+
 def mappings_of(args):
     """How many mappings of ``path`` this worker holds after sum()-ing ``view``."""
     path, view = args
@@ -136,6 +143,22 @@ class MemmapCases(StartMethodCases):
             assert type(pool.apply(same, (m[1:],))) is np.memmap
         on_disk = np.fromfile(str(path), np.float64, offset=40).reshape(6, 4)
         assert (on_disk == m).all() and (m[5].view(np.int32) == 5).all()
+
+    def test_field_of_a_record_memmap(self, tmp_path):
+        dtype = np.dtype([("a", np.int8), ("b", np.float32)])
+        m = memmap(tmp_path / "records", dtype, "r+", (5,), offset=3)
+        with self.pool(1) as pool:
+            back = pool.apply(fill, (m["b"][1:], 2.5))
+        assert m["b"].tolist() == [0.0] + [2.5] * 4 and m["a"].tolist() == [0] * 5
+        assert np.shares_memory(back, m)
+
+    def test_a_memmap_made_in_a_worker_comes_back_by_its_file(self, tmp_path):
+        path = str(tmp_path / "made.i2")
+        with self.pool(1) as pool:
+            back = pool.apply(make_memmap, (path,))
+        assert back.tolist() == [2, 4] and shmpool.is_shared(back)
+        back[0] = -2  # mode w+ came back as r+: the write reaches the file
+        assert np.fromfile(path, np.int16).tolist() == [1, -2, 3, 4, 5]
 
     def test_reference_is_small_and_nothing_goes_to_dev_shm(self, tmp_path):
         path = tmp_path / "big.u1"
