@@ -58,16 +58,18 @@ def locate(a: object) -> Optional[Tuple[File, int]]:
     ``a`` is not a view of a memmap of a named file.  Raises
     ``FileUnavailable`` if that file was removed or replaced since."""
     root = _root(a)
-    if root is None or not _within(a, root):  # type: ignore[arg-type]
+    if root is None:
         return None
     file, address = _file_of(root)
+    first, low, high = geometry.extent(a)  # type: ignore[arg-type]
+    if not address <= low <= high <= address + file.length:
+        return None
     try:
         st = os.stat(file.path)
     except OSError as e:
         raise FileUnavailable(_gone(file, "cannot be found: %s" % e.strerror)) from None
     if (st.st_dev, st.st_ino) != (file.dev, file.ino):
         raise FileUnavailable(_gone(file, "was replaced by another file"))
-    first = geometry.extent(a)[0]  # type: ignore[arg-type]
     return file, file.start + first - address
 
 
