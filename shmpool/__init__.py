@@ -8,6 +8,7 @@
     SharedMemoryWarning    shared memory spilled from /dev/shm to disk
     ThreadLimitWarning     threads_per_worker could not cap every thread pool
     BlockUnavailable       a shared array's memory could no longer be reached
+    FileUnavailable        a memmap's file was removed or replaced (a BlockUnavailable)
     WorkerDied             a pool worker died during a task (the call raises it)
 
 Importing shmpool teaches ``multiprocessing``'s pickler to send shared arrays,
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from .blocks import BlockUnavailable
 from .executor import SharedArrayExecutor
+from .memmaps import FileUnavailable
 from .memory import SharedMemoryWarning
 from .ndarrays import copy, empty, is_shared, zeros
 from .pool import SharedArrayPool
@@ -28,6 +30,7 @@ from .worker import arrays
 
 __all__ = [
     "BlockUnavailable",
+    "FileUnavailable",
     "SharedArrayExecutor",
     "SharedArrayPool",
     "SharedMemoryWarning",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Uni
 
 import numpy as np
 
-from . import blocks, inflight
+from . import blocks, geometry, inflight, memmaps
 
 if TYPE_CHECKING:
     from typing import Literal, Sequence, SupportsIndex, TypeVar
@@ -80,8 +80,10 @@ def _copy(a: npt.NDArray[Any], order: Order) -> npt.NDArray[Any]:
 
 def is_shared(a: object) -> bool:
     """True if ``a`` is an ndarray whose memory lies in a live shared block,
-    such as any view of an array made by ``empty``, ``zeros`` or ``copy``."""
-    return locate(a) is not None
+    such as any view of an array made by ``empty``, ``zeros`` or ``copy``, or
+    a view of an ``np.memmap`` of mode ``r``, ``r+`` or ``w+`` (mapped shared:
+    not ``c``, whose writes stay private to each process)."""
+    return locate(a) is not None or memmaps.shared(a)
 
 
 def locate(a: object) -> Optional[Tuple[blocks.Buffer, int]]:
@@ -89,16 +91,8 @@ def locate(a: object) -> Optional[Tuple[blocks.Buffer, int]]:
     the offset of ``a``'s first element in it; None if ``a`` is not shared."""
     if not isinstance(a, np.ndarray):
         return None
-    address = a.__array_interface__["data"][0]
-    low = high = 0
-    if a.size:
-        for n, s in zip(a.shape, a.strides):
-            if s < 0:
-                low += s * (n - 1)
-            else:
-                high += s * (n - 1)
-        high += a.itemsize
-    buffer = blocks.find(address + low, high - low)
+    address, low, high = geometry.extent(a)
+    buffer = blocks.find(low, high - low)
     if buffer is None:
         return None
     return buffer, address - blocks.block_of(buffer).start
@@ -184,13 +178,15 @@ def checked_items(
 def shared_mapping(
         arrays: Optional[Mapping[str, npt.NDArray[Any]]]) -> Dict[str, npt.NDArray[Any]]:
     """``arrays=`` of a pool or executor, checked, with each array on shared
-    memory: already there, as it is; else copied once, a Fortran-order array
-    in Fortran order.  A failure leaves nothing allocated behind."""
+    memory: already there, or a view of a memmap (shared by its file, in any
+    mode), as it is; else copied once, a Fortran-order array in Fortran order.
+    A failure leaves nothing allocated behind."""
     shared: Dict[str, npt.NDArray[Any]] = {}
     for name, a in checked_items(arrays):
         fortran = a.flags.f_contiguous and not a.flags.c_contiguous
         try:
-            shared[name] = a if is_shared(a) else _copy(a, "F" if fortran else "C")
-        except (ValueError, MemoryError) as e:
+            kept = locate(a) is not None or memmaps.locate(a) is not None
+            shared[name] = a if kept else _copy(a, "F" if fortran else "C")
+        except (ValueError, MemoryError, blocks.BlockUnavailable) as e:
             raise type(e)("arrays[%r]: %s" % (name, e)) from None
     return shared

@@ -3,6 +3,8 @@
 A reference names the block (``blocks.Name``) and the view's geometry: offset,
 shape, strides, dtype, writeability and ndarray subclass.  The receiver maps
 the block once (``blocks.attach``) and rebuilds a view of the same memory.
+A view of an ``np.memmap`` is named the same way by its file instead
+(``memmaps.File``, the offset then the file's), mapped by ``memmaps.attach``.
 
 ``register()`` teaches multiprocessing's own pickler (``ForkingPickler``: pool
 queues, ``Process`` arguments, ``Queue``, ``Pipe``) to send shared arrays this
@@ -19,7 +21,7 @@ import numpy as np
 from multiprocessing.context import get_spawning_popen
 from multiprocessing.reduction import ForkingPickler
 
-from . import _compat, blocks, inflight, ndarrays
+from . import _compat, blocks, inflight, memmaps, ndarrays
 
 if TYPE_CHECKING:
     from multiprocessing.heap import BufferWrapper
@@ -28,20 +30,29 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     #: What ``reference`` returns and ``rebuild`` takes: the block's name (a
-    #: ``blocks.Name`` as a tuple), the view's offset in the block, shape,
-    #: strides, dtype, writeability and class, and its acknowledgement.
-    Reference = Tuple[Tuple[int, ...], int, Tuple[int, ...], Tuple[int, ...],
+    #: ``blocks.Name`` as a tuple) or the memmap's ``memmaps.File``, the
+    #: view's offset in the block (or file), shape, strides, dtype,
+    #: writeability and class, and its acknowledgement.
+    Reference = Tuple[Tuple[Any, ...], int, Tuple[int, ...], Tuple[int, ...],
                       "np.dtype[Any]", bool, "type[npt.NDArray[Any]]",
                       Optional[inflight.Ack]]
 
 
 def reference(a: npt.NDArray[Any], hold: bool = False) -> Optional[Reference]:
-    """The arguments of ``rebuild`` for a shared ndarray ``a``, or None if ``a``
-    is not shared.  The reference names this process as the block's source
-    when it can; with ``hold`` the block then stays alive here until the
-    reference is received (see ``inflight``)."""
+    """The arguments of ``rebuild`` for a shared ndarray ``a`` (or a view of a
+    memmap), or None if ``a`` is neither.  The reference names this process
+    as the block's source when it can; with ``hold`` the block then stays
+    alive here until the reference is received (see ``inflight``).  Raises
+    ``memmaps.FileUnavailable`` if a memmap's file is gone."""
     located = _locate(a, hold)
-    return located and located[1]
+    return located[1] if located is not None else _file_reference(a)
+
+
+def _file_reference(a: npt.NDArray[Any]) -> Optional[Reference]:
+    where = memmaps.locate(a)
+    if where is None:
+        return None
+    return (where[0], where[1], a.shape, a.strides, a.dtype, a.flags.writeable, type(a), None)
 
 
 def _locate(a: npt.NDArray[Any], hold: bool,
@@ -62,10 +73,14 @@ def rebuild(name: Tuple[int, ...], offset: int, shape: Tuple[int, ...],
             cls: type[npt.NDArray[Any]],
             ack: Optional[inflight.Ack] = None) -> Optional[npt.NDArray[Any]]:
     """The view that ``reference`` described, on this process's mapping of the
-    block.  Raises ``blocks.BlockUnavailable`` if the block is gone, except
-    after ``tolerate()``."""
+    block (or file).  Raises ``blocks.BlockUnavailable`` if the block is gone
+    (``memmaps.FileUnavailable``, the file), except after ``tolerate()``."""
     try:
-        buffer = blocks.attach(blocks.Name(*name))
+        if isinstance(name, memmaps.File):
+            buffer: Any = memmaps.attach(name)
+            offset -= name.start
+        else:
+            buffer = blocks.attach(blocks.Name(*name))
     except blocks.BlockUnavailable as e:
         failures = getattr(_local, "failures", None)
         if failures is None:
@@ -100,6 +115,9 @@ def _reduce(a: npt.NDArray[Any]) -> Union[str, Tuple[Any, ...]]:
     spawning = get_spawning_popen()
     located = _locate(a, True, spawning)
     if located is None:
+        ref = _file_reference(a)
+        if ref is not None:
+            return rebuild, ref
         # As the pickler would have reduced it, at the pickler's own protocol
         # (5: its data as a PickleBuffer, out of band if the pickler takes
         # buffers), which a reducer is not told: the stand-in is asked it.

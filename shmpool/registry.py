@@ -8,7 +8,8 @@ sees a new even version, before each task and every quarter second when idle,
 so an unshared array is let go of promptly.  Every worker can write the block,
 so it holds only data, read by ``json`` (never ``pickle``, which runs code):
 a dtype by its string, or its fields, or its scalar type's name; the array's
-class by its name, looked up among those numpy or the worker already has.
+class by its name, looked up among those numpy or the worker already has; a
+memmap's file (``memmaps.File``) by its fields.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple, cast
 
 import numpy as np
 
-from . import _compat, ndarrays, reduction
+from . import _compat, blocks, memmaps, ndarrays, reduction
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -112,8 +113,7 @@ class View(object):
                 except (TypeError, ValueError, KeyError, LookupError):
                     continue  # not a table the parent wrote
                 old = current.get(name)
-                if old is not None and _same(
-                        cast("reduction.Reference", reduction.reference(old)), ref):
+                if old is not None and _same(old, ref):
                     arrays[name] = old
                     continue
                 try:  # not tolerant here: a reference is rebuilt, or raises
@@ -126,26 +126,45 @@ class View(object):
             self.seen = v
 
 
-def _same(a: reduction.Reference, b: reduction.Reference) -> bool:
-    """Whether two references are of the same view of the same block (from
-    whichever process each names as the block's source)."""
+def _same(old: npt.NDArray[Any], b: reduction.Reference) -> bool:
+    """Whether ``old`` is the view ``b`` refers to, of the same block (from
+    whichever process each names as the block's source) or file region."""
+    try:
+        a = cast("reduction.Reference", reduction.reference(old))
+    except blocks.BlockUnavailable:  # (its file is gone: rebuilding says so)
+        return False
     return a[0][:3] == b[0][:3] and a[1:7] == b[1:7]
 
 
 def _encode(name: str, ref: reduction.Reference) -> List[Any]:
     block, offset, shape, strides, dtype, writeable, cls, _ = ref
-    return [name, list(block), offset, list(shape), list(strides), _dtype_code(dtype),
+    where = dict(block._asdict()) if isinstance(block, memmaps.File) else list(block)
+    return [name, where, offset, list(shape), list(strides), _dtype_code(dtype),
             writeable, [cls.__module__, cls.__qualname__]]
 
 
 def _decode(entry: List[Any]) -> Tuple[str, reduction.Reference]:
     name, block, offset, shape, strides, dtype, writeable, cls = entry
-    ints = list(block) + [offset] + list(shape) + list(strides)
+    where: Tuple[Any, ...]
+    if isinstance(block, dict):
+        where = _file(block)
+        ints = [offset] + list(shape) + list(strides)
+    else:
+        where = tuple(block)
+        ints = list(block) + [offset] + list(shape) + list(strides)
     if not all(type(i) is int for i in ints) or not isinstance(name, str):
         raise TypeError("not a reference")
     ndarray = _named(cls, np.ndarray, imported=True)
-    return name, (tuple(block), offset, tuple(shape), tuple(strides), _dtype(dtype),
+    return name, (where, offset, tuple(shape), tuple(strides), _dtype(dtype),
                   writeable is True, ndarray if ndarray is not None else np.ndarray, None)
+
+
+def _file(code: Dict[str, Any]) -> memmaps.File:
+    file = memmaps.File(**code)
+    if (not all(type(getattr(file, f)) is int for f in ("dev", "ino", "start", "length"))
+            or file.mode not in memmaps.MODES or not isinstance(file.path, str)):
+        raise TypeError("not a file reference")
+    return file
 
 
 def _dtype_code(dtype: np.dtype[Any]) -> Any:

@@ -1,5 +1,5 @@
 """Every behaviour in pool_cases, reference_cases, reliability_cases,
-feature_cases, property_cases, pickling_cases and threads_cases,
+feature_cases, property_cases, pickling_cases, threads_cases and memmap_cases,
 under the 'forkserver' start method."""
 
 import multiprocessing
@@ -7,6 +7,7 @@ import multiprocessing
 import pytest
 
 import feature_cases
+import memmap_cases
 import pickling_cases
 import pool_cases
 import property_cases
@@ -44,4 +45,8 @@ class TestPicklingForkserver(pickling_cases.PicklingCases):
 
 
 class TestThreadsForkserver(threads_cases.ThreadsCases):
+    start_method = "forkserver"
+
+
+class TestMemmapsForkserver(memmap_cases.MemmapCases):
     start_method = "forkserver"
