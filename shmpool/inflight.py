@@ -44,9 +44,9 @@ class _Sender(object):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.page: Optional[blocks.Buffer] = None  # this process's ack page
-        # slot -> (generation, buffer, deadline, receiver): the receiver a
-        # Channel, the Popen of a process being started, or None (any)
-        self.holds: Dict[int, Tuple[int, blocks.Buffer, float, Any]] = {}
+        # slot -> (generation, what is held, deadline, receiver): the
+        # receiver a Channel, the Popen of a process being started, or None (any)
+        self.holds: Dict[int, Tuple[int, object, float, Any]] = {}
         self.cursor = 0
         self.generation = 0
         self.next_sweep = 0.0
@@ -83,8 +83,9 @@ _pages: collections.OrderedDict[Tuple[int, ...], blocks.Buffer] = collections.Or
 _SWEEP_EVERY = 0.05  # seconds between sweeps, but for release()
 
 
-def hold(buffer: blocks.Buffer, child: Any = None) -> Optional[Ack]:
-    """Keep ``buffer`` alive until a receiver acknowledges; return the
+def hold(buffer: object, child: Any = None) -> Optional[Ack]:
+    """Keep ``buffer`` (a block's, and what else the reference needs, such as
+    a ``blocks.Lease``) alive until a receiver acknowledges; return the
     acknowledgement the reference carries, or None.  ``child``, the Popen of
     a process being started, is the only receiver: if it exits first, the
     hold is let go of."""
