@@ -474,8 +474,8 @@ class ReferenceCases(StartMethodCases):
         p.start()
         name = blocks.Name(*parent.recv())
         payload = parent.recv_bytes()
-        earlier, fd, _ = shmpool.memory.allocate(blocks.HEADER + 100)
-        blocks.adopt(earlier, name._replace(tag=name.tag ^ 1, size=100), fd)
+        earlier, _, _ = shmpool.memory.allocate(blocks.HEADER + 100)
+        blocks.adopt(earlier, name._replace(tag=name.tag ^ 1, size=100))
         try:
             got = pickle.loads(payload)
             assert got.shape == (1000,) and got[0] == 5.0
