@@ -8,11 +8,16 @@ does not make a name collide), the device and inode of its file, and a
 process that holds a descriptor of that file (the source: its creator, or any
 process that mapped it since).  A process that does not hold the block yet
 checks that ``/proc/SOURCE/fd/FD`` is that file before it opens and maps it
-(the whole file, once for all the blocks in it), keeping one descriptor per
-file so that it can be a source in turn; the tag in the
-header proves the mapping is the block that was named, so a freed, reused or
-exited block is an error, never a wrong view, and a stale name never opens
-some other file of the source's.
+(the whole file, once for all the blocks in it); the tag in the header proves
+the mapping is the block that was named, so a freed, reused or exited block
+is an error, never a wrong view, and a stale name never opens some other file
+of the source's.  A block received in a message keeps its file's descriptor
+open here, so that this process can be a source in turn once the sender has
+let go; the arrays of a pool's table, which the pool's parent holds while they
+are shared, keep none (a worker's descriptors do not grow with them): to pass
+one on, a descriptor is opened from the source for as long as the reference
+is in flight (``Lease``), and if no source holds it any more the sending call
+raises ``BlockUnavailable``.
 
 The table holds blocks weakly: a block lives as long as some array uses its
 memory, and leaves the table when it dies.
