@@ -13,7 +13,7 @@ terminated.  A process that exits waits for the receivers that can still take
 what it sent (at most ``EXIT_WAIT``): a worker's last result outlives the worker.
 
 Holds are let go of when a process sends or makes shared memory, by a pool's
-supervisor thread, and at exit: never from a garbage collector callback,
+supervisor thread and its workers' parent-watch threads, and at exit: never from a garbage collector callback,
 which, run in the main thread, would swallow a Ctrl-C that landed in it.
 """
 
