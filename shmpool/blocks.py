@@ -8,11 +8,16 @@ does not make a name collide), the device and inode of its file, and a
 process that holds a descriptor of that file (the source: its creator, or any
 process that mapped it since).  A process that does not hold the block yet
 checks that ``/proc/SOURCE/fd/FD`` is that file before it opens and maps it
-(the whole file, once for all the blocks in it), keeping one descriptor per
-file so that it can be a source in turn; the tag in the
-header proves the mapping is the block that was named, so a freed, reused or
-exited block is an error, never a wrong view, and a stale name never opens
-some other file of the source's.
+(the whole file, once for all the blocks in it); the tag in the header proves
+the mapping is the block that was named, so a freed, reused or exited block
+is an error, never a wrong view, and a stale name never opens some other file
+of the source's.  A block received in a message keeps its file's descriptor
+open here, so that this process can be a source in turn once the sender has
+let go; the arrays of a pool's table, which the pool's parent holds while they
+are shared, keep none (a worker's descriptors do not grow with them): to pass
+one on, a descriptor is opened from the source for as long as the reference
+is in flight (``Lease``), and if no source holds it any more the sending call
+raises ``BlockUnavailable``.
 
 The table holds blocks weakly: a block lives as long as some array uses its
 memory, and leaves the table when it dies.
@@ -29,7 +34,7 @@ import stat
 import struct
 import threading
 import weakref
-from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, cast
 
 from . import _compat, memory
 
@@ -60,7 +65,7 @@ if TYPE_CHECKING:
         mapping, which spans are cut from, carries its descriptor here.)"""
 
         _shmpool_block: Block
-        _shmpool_fd: int
+        _shmpool_fd: List[int]  # (a file's whole mapping's descriptor, or -1)
         _shmpool_free: Dict[int, List[int]]  # (an arena's mapping's)
         _shmpool_top: int  # (an arena's mapping's)
         _shmpool_slot: memory.Slot  # (a span of an arena's)
@@ -71,24 +76,41 @@ if TYPE_CHECKING:
 class Block(object):
     """What this process knows of one block; hangs off the block's buffer."""
 
-    __slots__ = ("name", "start", "stop", "fd", "slot")
+    __slots__ = ("name", "start", "stop", "slot")
 
-    def __init__(self, name: Name, start: int, fd: int,
-                 slot: Optional[memory.Slot] = None) -> None:
+    def __init__(self, name: Name, start: int, slot: Optional[memory.Slot] = None) -> None:
         self.name = name
         self.start = start  # address of the header
         self.stop = start + HEADER + name.size
-        self.fd = fd  # this process's descriptor of the block's file, or -1
         self.slot = slot  # where this process made it in an arena, if it did
+
+    @property
+    def fd(self) -> int:
+        """This process's descriptor of the block's file, or -1."""
+        mapping = memory.mapped(self.name.dev, self.name.ino)
+        return memory.fd_of(mapping) if mapping is not None else -1
 
     def name_here(self) -> Name:
         """The block's name, with this process as the source if it can be
         (once named, its memory is never reused: another process may map it)."""
         if self.slot is not None:
             self.slot.shared = True
-        if self.fd < 0:
+        fd = self.fd
+        if fd < 0:
             return self.name
-        return self.name._replace(source=os.getpid(), fd=self.fd)
+        return self.name._replace(source=os.getpid(), fd=fd)
+
+    def name_to_send(self) -> Tuple[Name, Optional[Lease]]:
+        """``name_here``, for a reference about to be sent: a block that this
+        process maps without a descriptor (``attach``) is named with a
+        descriptor opened from its source for the while, returned too, to
+        be kept until the receiver has mapped the block.  Raises
+        ``BlockUnavailable`` if no source holds the block any more."""
+        name = self.name_here()
+        if name.source == os.getpid() or not _compat.LINUX:
+            return name, None
+        lease = _lease(name)
+        return name._replace(source=os.getpid(), fd=lease.fd), lease
 
     @property
     def data(self) -> int:
@@ -156,13 +178,12 @@ def new(size: int, zero: bool = False) -> Buffer:
     st = os.fstat(fd) if fd >= 0 else None
     name = Name(os.getpid(), next(_serial), tag, fd, offset, size, os.getpid(),
                 st.st_dev if st else 0, st.st_ino if st else 0)
-    return adopt(buffer, name, fd)
+    return adopt(buffer, name)
 
 
-def adopt(buffer: Buffer, name: Name, fd: int = -1) -> Buffer:
-    """Enter ``buffer``, the block ``name``, in this process's table; ``fd`` is
-    this process's descriptor of its file, open while the buffer lives."""
-    block = Block(name, ctypes.addressof(buffer), fd, getattr(buffer, "_shmpool_slot", None))
+def adopt(buffer: Buffer, name: Name) -> Buffer:
+    """Enter ``buffer``, the block ``name``, in this process's table."""
+    block = Block(name, ctypes.addressof(buffer), getattr(buffer, "_shmpool_slot", None))
     buffer._shmpool_block = block
     _table.add(buffer, block)
     return buffer
@@ -193,14 +214,20 @@ def find(address: int, nbytes: int = 0) -> Optional[Buffer]:
 
 def attach(name: Name, keep_fd: bool = True) -> Buffer:
     """The buffer of the block ``name``: the one this process holds, or a
-    span of its file, mapped here once for all the blocks in it (and, with
-    ``keep_fd``, one descriptor of the file kept, so that this process can
-    pass its blocks on).  Raises ``BlockUnavailable`` if it is gone."""
+    span of its file, mapped here once for all the blocks in it.  With
+    ``keep_fd`` (a block received in a message, whose sender may let go of
+    it as soon as it is mapped here) this process keeps a descriptor of the
+    file, so that it can pass the block on in turn; without (the arrays of
+    a pool's table, which the parent holds while they are shared) it keeps
+    none, and opens one only while it passes a block on (``Block.name_to_send``).
+    Raises ``BlockUnavailable`` if it is gone."""
     with _table.lock:
         _table.purge()
         ref = _table.by_key.get(tuple(name[:3]))
     buffer = ref() if ref is not None else None
     if buffer is not None:
+        if keep_fd and _compat.LINUX:
+            _keep_descriptor(name)
         return buffer
     if not _compat.LINUX:
         raise BlockUnavailable(_gone(name, "cannot be reached from another process "
@@ -208,6 +235,8 @@ def attach(name: Name, keep_fd: bool = True) -> Buffer:
     mapping = memory.mapped(name.dev, name.ino)
     if mapping is None:
         mapping = memory.map_whole(_open_sources_fd(name), name.dev, name.ino, keep_fd)
+    elif keep_fd:
+        _keep_descriptor(name)
     if len(mapping) < name.offset + HEADER + name.size:
         raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
     buffer = cast("Buffer", (ctypes.c_byte * (HEADER + name.size)).from_buffer(
@@ -215,18 +244,89 @@ def attach(name: Name, keep_fd: bool = True) -> Buffer:
     magic, tag, size = _HEADER.unpack_from(buffer, 0)
     if (magic, tag, size) != (_MAGIC, name.tag, name.size):
         raise BlockUnavailable(_gone(name, "was freed and its memory reused"))
-    return adopt(buffer, name, memory.fd_of(mapping))
+    return adopt(buffer, name)
 
 
-def _open_sources_fd(name: Name) -> int:
+def _keep_descriptor(name: Name) -> None:
+    """Keep a descriptor of the file of ``name``, which this process maps,
+    if it has none yet: opened from ``name``'s source (if it still can)."""
+    mapping = memory.mapped(name.dev, name.ino)
+    if mapping is None or memory.fd_of(mapping) >= 0:
+        return
+    try:
+        memory.keep_fd(mapping, _open_sources_fd(name))
+    except BlockUnavailable:
+        pass
+
+
+class Lease(object):
+    """A descriptor of a block's file, opened to pass the block on, and
+    closed when the last reference that names it has been received (the
+    in-flight holds keep it)."""
+
+    __slots__ = ("fd", "__weakref__")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self, close: Callable[[int], None] = os.close) -> None:
+        close(self.fd)
+
+
+_leases: weakref.WeakValueDictionary[Tuple[int, int], Lease] = weakref.WeakValueDictionary()
+
+
+def _lease(name: Name) -> Lease:
+    """A descriptor of the file of ``name`` for references in flight: the one
+    open already, or one opened from ``name``'s source."""
+    lease = _leases.get((name.dev, name.ino))
+    if lease is None:
+        lease = Lease(_open_sources_fd(name, passing=True))
+        _leases[name.dev, name.ino] = lease
+    return lease
+
+
+def let_go_of_inherited(buffers: Iterable[Buffer], parent: int) -> None:
+    """Close this process's descriptors of the files of ``buffers`` that it
+    inherited by fork from ``parent``, which holds them still under the same
+    numbers: their blocks are named with ``parent`` as their source from now
+    on, to be opened from there again only to pass one on."""
+    files: Dict[Tuple[int, int], Tuple[Buffer, int]] = {}
+    for buffer in buffers:
+        name = buffer._shmpool_block.name
+        mapping = memory.mapped(name.dev, name.ino)
+        fd = memory.fd_of(mapping) if mapping is not None else -1
+        if fd >= 0 and (name.dev, name.ino) not in files:
+            try:
+                held = _is_file_of(os.stat("/proc/%d/fd/%d" % (parent, fd)), name)
+            except OSError:
+                held = False
+            if held:
+                files[name.dev, name.ino] = (cast("Buffer", mapping), fd)
+    if not files:
+        return
+    with _table.lock:
+        _table.purge()
+        live = [block_of(b) for b in (ref() for ref in _table.refs) if b is not None]
+    for block in live:
+        if (block.name.dev, block.name.ino) in files:
+            fd = files[block.name.dev, block.name.ino][1]
+            block.name = block.name._replace(source=parent, fd=fd)
+    for mapping, _ in files.values():
+        memory.close_fd(mapping)
+
+
+def _open_sources_fd(name: Name, passing: bool = False) -> int:
     """This process's descriptor of the block's file, opened through the
     source's once it is known to be that file (a stale name may point at any
-    other file of the source's, such as a terminal, not to be opened)."""
+    other file of the source's, such as a terminal, not to be opened).
+    ``passing``: to pass on a block this process maps without one."""
     path = "/proc/%d/fd/%d" % (name.source, name.fd)
     try:
         if not _is_file_of(os.stat(path), name):
             raise BlockUnavailable(_gone(name, "was freed by process %d (its descriptor "
-                                               "%d is another file now)" % (name.source, name.fd)))
+                                               "%d is another file now)" % (name.source, name.fd),
+                                         passing))
         for attempt in (0, 1):
             try:
                 fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
@@ -236,15 +336,16 @@ def _open_sources_fd(name: Name) -> int:
                     raise
     except OSError as e:
         if e.errno in (errno.EMFILE, errno.ENFILE):
-            raise BlockUnavailable(_gone(name, "cannot be mapped here: %s (%s)" % (
-                os.strerror(e.errno), _compat.fd_limit()))) from None
+            raise BlockUnavailable(_gone(name, "cannot be %s here: %s (%s)" % (
+                "passed on" if passing else "mapped", os.strerror(e.errno),
+                _compat.fd_limit()))) from None
         why = ("was freed by process %d" % name.source
                if os.path.exists("/proc/%d" % name.source)
                else "belonged to a process that has exited (%d)" % name.source)
-        raise BlockUnavailable(_gone(name, why)) from None
+        raise BlockUnavailable(_gone(name, why, passing)) from None
     if not _is_file_of(os.fstat(fd), name):  # (replaced between stat and open)
         os.close(fd)
-        raise BlockUnavailable(_gone(name, "was freed by process %d" % name.source))
+        raise BlockUnavailable(_gone(name, "was freed by process %d" % name.source, passing))
     return fd
 
 
@@ -252,6 +353,13 @@ def _is_file_of(st: os.stat_result, name: Name) -> bool:
     return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (name.dev, name.ino)
 
 
-def _gone(name: Name, why: str) -> str:
-    return ("shmpool: shared block %d of process %d (%d bytes) %s"
-            % (name.serial, name.pid, name.size, why))
+def _gone(name: Name, why: str, passing: bool = False) -> str:
+    return ("shmpool: shared block %d of process %d (%d bytes) %s%s"
+            % (name.serial, name.pid, name.size, why, _NO_DESCRIPTOR % os.getpid()
+               if passing else ""))
+
+
+_NO_DESCRIPTOR = ("; process %d, which maps it without a descriptor of its file (as a "
+                  "pool's worker maps shmpool.arrays, which the pool's parent holds only "
+                  "while they are shared), cannot pass it on: send a copy (shmpool.copy) "
+                  "instead")

@@ -13,7 +13,7 @@ terminated.  A process that exits waits for the receivers that can still take
 what it sent (at most ``EXIT_WAIT``): a worker's last result outlives the worker.
 
 Holds are let go of when a process sends or makes shared memory, by a pool's
-supervisor thread, and at exit: never from a garbage collector callback,
+supervisor thread and its workers' parent-watch threads, and at exit: never from a garbage collector callback,
 which, run in the main thread, would swallow a Ctrl-C that landed in it.
 """
 
@@ -44,9 +44,9 @@ class _Sender(object):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.page: Optional[blocks.Buffer] = None  # this process's ack page
-        # slot -> (generation, buffer, deadline, receiver): the receiver a
-        # Channel, the Popen of a process being started, or None (any)
-        self.holds: Dict[int, Tuple[int, blocks.Buffer, float, Any]] = {}
+        # slot -> (generation, what is held, deadline, receiver): the
+        # receiver a Channel, the Popen of a process being started, or None (any)
+        self.holds: Dict[int, Tuple[int, object, float, Any]] = {}
         self.cursor = 0
         self.generation = 0
         self.next_sweep = 0.0
@@ -83,8 +83,9 @@ _pages: collections.OrderedDict[Tuple[int, ...], blocks.Buffer] = collections.Or
 _SWEEP_EVERY = 0.05  # seconds between sweeps, but for release()
 
 
-def hold(buffer: blocks.Buffer, child: Any = None) -> Optional[Ack]:
-    """Keep ``buffer`` alive until a receiver acknowledges; return the
+def hold(buffer: object, child: Any = None) -> Optional[Ack]:
+    """Keep ``buffer`` (a block's, and what else the reference needs, such as
+    a ``blocks.Lease``) alive until a receiver acknowledges; return the
     acknowledgement the reference carries, or None.  ``child``, the Popen of
     a process being started, is the only receiver: if it exits first, the
     hold is let go of."""

@@ -86,7 +86,7 @@ def _new_file(size: int) -> Buffer:
     if advise:
         _prefault(buffer)
     st = os.fstat(fd)
-    _register(buffer, fd, st.st_dev, st.st_ino)
+    _register(buffer, st.st_dev, st.st_ino)
     return buffer
 
 
@@ -152,8 +152,9 @@ def _count_fork() -> None:
 
 def _after_fork() -> None:
     # A child cuts arenas of its own: the parent goes on cutting this one.
-    global _arena_lock
+    global _arena_lock, _fd_lock
     _arena_lock = threading.Lock()
+    _fd_lock = threading.Lock()
     del _arena[:]
 
 
@@ -166,8 +167,7 @@ if hasattr(os, "register_at_fork"):
 _files: weakref.WeakValueDictionary[Tuple[int, int], Buffer] = weakref.WeakValueDictionary()
 
 
-def _register(buffer: Buffer, fd: int, dev: int, ino: int) -> None:
-    buffer._shmpool_fd = fd
+def _register(buffer: Buffer, dev: int, ino: int) -> None:
     _files[dev, ino] = buffer
 
 
@@ -187,13 +187,37 @@ def map_whole(fd: int, dev: int, ino: int, keep_fd: bool) -> Buffer:
         raise
     if not keep_fd:
         os.close(fd)
-    _register(buffer, fd if keep_fd else -1, dev, ino)
+    _register(buffer, dev, ino)
     return buffer
 
 
 def fd_of(mapping: Buffer) -> int:
     """This process's descriptor of a file mapped whole, or -1."""
-    return mapping._shmpool_fd
+    return mapping._shmpool_fd[0]
+
+
+_fd_lock = threading.Lock()
+
+
+def keep_fd(mapping: Buffer, fd: int) -> int:
+    """Keep ``fd``, a new descriptor of the file ``mapping`` maps whole, with
+    the mapping (closed when it is collected); return the one kept (``fd``
+    is closed if the mapping has one already)."""
+    with _fd_lock:
+        kept = mapping._shmpool_fd[0]
+        if kept < 0:
+            mapping._shmpool_fd[0] = kept = fd
+    if kept != fd:
+        os.close(fd)
+    return kept
+
+
+def close_fd(mapping: Buffer) -> None:
+    """Close the descriptor kept with ``mapping``, if any; the mapping stays."""
+    with _fd_lock:
+        fd, mapping._shmpool_fd[0] = mapping._shmpool_fd[0], -1
+    if fd >= 0:
+        os.close(fd)
 
 
 def _from_heap(size: int, zero: bool) -> Tuple[Buffer, int, int]:
@@ -340,7 +364,8 @@ def map_file(fd: int, offset: int, size: int, owns_fd: bool = False,
             raise MemoryError("shmpool: cannot map %s of shared memory" % _human(size))
         raise OSError(e, os.strerror(e))
     buffer = cast("Buffer", (ctypes.c_byte * size).from_address(address + offset - start))
-    _release_when_collected(buffer, address, length, fd if owns_fd else -1)
+    buffer._shmpool_fd = [fd if owns_fd else -1]  # (see keep_fd and close_fd)
+    _release_when_collected(buffer, address, length, buffer._shmpool_fd)
     return buffer
 
 
@@ -456,15 +481,16 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _release_when_collected(buffer: Buffer, address: int, length: int, fd: int) -> None:
+def _release_when_collected(buffer: Buffer, address: int, length: int,
+                            owned: List[int]) -> None:
     # Bound now: at interpreter shutdown module globals may already be None.
     def release(ref: weakref.ref[Buffer], munmap: Callable[[int, int], object] = _libc.munmap,
                 close: Callable[[int], None] = os.close,
                 forget: Callable[[int, None], object] = _finalizers.pop) -> None:
         forget(id(ref), None)
         munmap(address, length)
-        if fd >= 0:
-            close(fd)
+        if owned[0] >= 0:
+            close(owned[0])
 
     ref = weakref.ref(buffer, release)
     _finalizers[id(ref)] = ref

@@ -62,8 +62,13 @@ def _locate(a: npt.NDArray[Any], hold: bool,
         return None
     buffer, offset = where
     block = blocks.block_of(buffer)
-    name = block.name_here()
-    ack = inflight.hold(buffer, child) if hold and block.fd >= 0 else None
+    ack = None
+    if not hold:
+        name = block.name_here()
+    else:  # (a descriptor opened to send the block is held with it)
+        name, lease = block.name_to_send()
+        if name.fd >= 0:
+            ack = inflight.hold(buffer if lease is None else (buffer, lease), child)
     return buffer, (tuple(name), offset, a.shape, a.strides, a.dtype,
                     a.flags.writeable, type(a), ack)
 
@@ -71,16 +76,18 @@ def _locate(a: npt.NDArray[Any], hold: bool,
 def rebuild(name: Tuple[int, ...], offset: int, shape: Tuple[int, ...],
             strides: Tuple[int, ...], dtype: np.dtype[Any], writeable: bool,
             cls: type[npt.NDArray[Any]],
-            ack: Optional[inflight.Ack] = None) -> Optional[npt.NDArray[Any]]:
+            ack: Optional[inflight.Ack] = None,
+            keep_fd: bool = True) -> Optional[npt.NDArray[Any]]:
     """The view that ``reference`` described, on this process's mapping of the
-    block (or file).  Raises ``blocks.BlockUnavailable`` if the block is gone
-    (``memmaps.FileUnavailable``, the file), except after ``tolerate()``."""
+    block or file (``keep_fd``: see ``blocks.attach``).  Raises
+    ``blocks.BlockUnavailable`` if the block is gone (``memmaps.FileUnavailable``,
+    the file), except after ``tolerate()``."""
     try:
         if isinstance(name, memmaps.File):
             buffer: Any = memmaps.attach(name)
             offset -= name.start
         else:
-            buffer = blocks.attach(blocks.Name(*name))
+            buffer = blocks.attach(blocks.Name(*name), keep_fd)
     except blocks.BlockUnavailable as e:
         failures = getattr(_local, "failures", None)
         if failures is None:

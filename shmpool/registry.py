@@ -117,7 +117,8 @@ class View(object):
                     arrays[name] = old
                     continue
                 try:  # not tolerant here: a reference is rebuilt, or raises
-                    arrays[name] = cast("npt.NDArray[Any]", reduction.rebuild(*ref))
+                    # (no descriptor kept: the parent holds the array while shared)
+                    arrays[name] = cast("npt.NDArray[Any]", reduction.rebuild(*ref, keep_fd=False))
                 except Exception as e:  # the name is left out, and why said
                     warnings.warn("shmpool: shared array %r is left out of shmpool.arrays "
                                   "in process %d: %s" % (name, os.getpid(), e),

@@ -14,10 +14,11 @@ import time
 import traceback
 from collections.abc import Mapping
 from multiprocessing.reduction import ForkingPickler
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional,
-                    Tuple, Union)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
+                    Optional, Tuple, Union)
 
-from . import _compat, memory, ndarrays, pickling, protocol, registry, threads
+from . import (_compat, blocks, inflight, memory, ndarrays, pickling, protocol, registry,
+               threads)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -155,21 +156,38 @@ def _initialize(registry_block: npt.NDArray[np.uint8],
     inherited = getattr(multiprocessing.current_process(), "shmpool_inherited", lambda: None)()
     if inherited is not None:
         inherited.follow(arrays)
-    protocol.start(status, table.refresh)  # (what the worker's queues record, and when)
+    # (descriptors a forked worker inherited, of arrays the parent holds: closed)
+    blocks.let_go_of_inherited(_buffers(arrays.values()), parent)
+    follow = _follower(table)
+    protocol.start(status, follow)  # (what the worker's queues record, and when)
     if prefault:
-        for a in arrays.values():
-            where = ndarrays.locate(a)
-            if where is not None:
-                memory.populate(where[0])
+        for buffer in _buffers(arrays.values()):
+            memory.populate(buffer)
     memory.populate_mappings(prefault)
-    _watch_parent(parent, table)
+    _watch_parent(parent, follow)
     if isinstance(initializer, Deferred):
         initializer, initargs = initializer.load()
     if initializer is not None:
         initializer(*initargs)
 
 
-def _watch_parent(pid: int, registry_view: registry.View) -> None:
+def _buffers(shared: Iterable[npt.NDArray[Any]]) -> List[blocks.Buffer]:
+    """The blocks' buffers of ``shared`` arrays."""
+    located = (ndarrays.locate(a) for a in shared)
+    return [where[0] for where in located if where is not None]
+
+
+def _follower(table: registry.View) -> Callable[[], None]:
+    """What a worker does before each task and every quarter second: follow
+    the arrays shared and unshared, and let go of what it sent that has
+    arrived (the descriptors it opened to pass on arrays of the pool's, say)."""
+    def follow() -> None:
+        table.refresh()
+        inflight.release(force=False)
+    return follow
+
+
+def _watch_parent(pid: int, follow: Callable[[], None]) -> None:
     """In a thread: exit within half a second of the pool's parent's death,
     even by SIGKILL, so that no worker outlives it holding shared memory (a
     parent-death signal would follow the thread that forked the worker, or the
@@ -184,7 +202,7 @@ def _watch_parent(pid: int, registry_view: registry.View) -> None:
                 time.sleep(0.25)
             elif multiprocessing.connection.wait([sentinel], 0.25):
                 break  # the pipe from the parent is closed: it is gone
-            registry_view.refresh()
+            follow()
         os._exit(1)
 
     threading.Thread(target=watch, name="shmpool-parent-watch", daemon=True).start()

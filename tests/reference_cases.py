@@ -139,6 +139,53 @@ def child_sends_block_and_waits(conn):
     conn.close()
 
 
+def value_of(name):
+    return float(shmpool.arrays[name][-1])
+
+
+_STASH = []
+
+
+def write_and_give_back_row(name):
+    row = shmpool.arrays[name][1]
+    row[:] = -7.0
+    return row
+
+
+def give_back_part(name):
+    return shmpool.arrays[name][1:]
+
+
+def stash_view(name):
+    _STASH[:] = [shmpool.arrays[name][2:5]]
+    return os.getpid()
+
+
+def value_of_none():
+    return None
+
+
+def give_back_stash():
+    return _STASH.pop()
+
+
+def keep_queue(q):
+    _STASH[:] = [q]
+
+
+def put_view_in_queue(name):
+    _STASH[0].put(shmpool.arrays[name][3:6])
+
+
+def hold_then_give_back(view):
+    time.sleep(0.5)  # meanwhile its creator lets go of it
+    return view
+
+
+#: Arrays of 100 KiB: more than a small array (memory.SMALL), a file each.
+BIG_ROW = 100 << 7
+
+
 def child_queue_echo(q_in, q_out):
     v = q_in.get()
     v[0] = -1.0
@@ -315,6 +362,62 @@ class ReferenceCases(StartMethodCases):
             assert open_fds() <= before + 5  # was one per result: +300
             assert [a.sum() for a in results] == [n * (n * (n - 1) // 2) for n in range(1, 301)]
 
+    @pytest.mark.timeout(120)
+    def test_workers_keep_no_descriptor_per_pool_array(self):
+        arrays = {"a%d" % i: np.full(BIG_ROW, i, np.float64) for i in range(300)}
+        with self.pool(1, arrays=arrays) as pool:
+            assert pool.apply(count_fds) < 50  # was 313: one per array's file
+            names = sorted(arrays, key=lambda n: int(n[1:]))
+            assert pool.map(value_of, names) == [float(i) for i in range(300)]
+            parts = pool.map(give_back_part, names[:50])  # (opens a descriptor each, a while)
+            assert all(np.shares_memory(p, pool.arrays[n]) for p, n in zip(parts, names))
+            del parts
+            time.sleep(0.6)  # a worker lets go of what it sent within a quarter second
+            assert pool.apply(count_fds) < 50
+
+    def test_views_of_big_pool_arrays_come_back(self):
+        with self.pool(2, arrays={"x": np.zeros((4, BIG_ROW))}) as pool:
+            row = pool.apply(write_and_give_back_row, ("x",))
+            x = pool.arrays["x"]
+            assert np.shares_memory(row, x) and x[1].min() == x[1].max() == -7.0
+            row[:] = 3.0
+            assert x[1].min() == 3.0
+            rows = pool.map(write_and_give_back_row, ["x"] * 20, chunksize=1)
+            assert [float(r.sum()) for r in pool.map(np.sum, rows)] == [-7.0 * BIG_ROW] * 20
+
+    @pytest.mark.timeout(60)
+    def test_passing_on_an_unshared_freed_pool_array_is_a_clear_error(self):
+        with self.pool(1, arrays={"x": np.arange(2.0 * BIG_ROW)}) as pool:
+            pool.apply(stash_view, ("x",))
+            pool.unshare("x")  # and freed here: no process holds its file open
+            time.sleep(0.6)  # the worker follows within a quarter second
+            with pytest.raises(Exception, match="cannot pass it on.*shmpool.copy"):
+                pool.apply_async(give_back_stash).get(20)
+            assert pool.apply(value_of_none) is None  # still usable
+            pool.share("y", np.ones(BIG_ROW))
+            assert pool.apply(value_of, ("y",)) == 1.0
+
+    @pytest.mark.timeout(60)
+    def test_pool_array_in_flight_arrives_though_unshared_and_freed(self):
+        q = self.ctx.SimpleQueue()  # (pickles in put, where Queue's thread would later)
+        with self.pool(1, arrays={"x": np.arange(2.0 * BIG_ROW)},
+                       initializer=keep_queue, initargs=(q,)) as pool:
+            pool.apply(put_view_in_queue, ("x",))
+            pool.unshare("x")  # and freed here, while the view is in the queue
+            time.sleep(0.6)  # the worker follows within a quarter second
+            gc.collect()
+            assert q._reader.poll(20)
+            assert q.get().tolist() == [3.0, 4.0, 5.0]
+
+    @pytest.mark.timeout(60)
+    def test_view_of_a_dropped_temporary_comes_back(self):
+        with self.pool(1) as pool:
+            temporary = shmpool.copy(np.arange(float(BIG_ROW)))
+            result = pool.apply_async(hold_then_give_back, (temporary[10:20],))
+            del temporary
+            gc.collect()
+            assert result.get(20).tolist() == list(range(10, 20))
+
     def test_more_arrays_than_descriptors(self):
         out = script_output("many_arrays.py", self.start_method, "5000")
         assert out.split() == ["(10.0,", "5000)", "(49990.0,", "5000)"]
@@ -371,8 +474,8 @@ class ReferenceCases(StartMethodCases):
         p.start()
         name = blocks.Name(*parent.recv())
         payload = parent.recv_bytes()
-        earlier, fd, _ = shmpool.memory.allocate(blocks.HEADER + 100)
-        blocks.adopt(earlier, name._replace(tag=name.tag ^ 1, size=100), fd)
+        earlier, _, _ = shmpool.memory.allocate(blocks.HEADER + 100)
+        blocks.adopt(earlier, name._replace(tag=name.tag ^ 1, size=100))
         try:
             got = pickle.loads(payload)
             assert got.shape == (1000,) and got[0] == 5.0
