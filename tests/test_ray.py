@@ -19,7 +19,8 @@ import shmpool  # noqa: E402
 import shmpool.ray  # noqa: E402
 from shmpool.worker import ArrayMap  # noqa: E402
 
-from conftest import run_script  # noqa: E402
+from conftest import run_script, script_env  # noqa: E402
+from test_readme import code_blocks, run_example  # noqa: E402
 
 SharedArrayPool = shmpool.ray.SharedArrayPool
 
@@ -135,6 +136,11 @@ def initialized(_):
 def test_the_same_script_on_one_machine_and_on_ray(ray_instance):
     # Its functions live in __main__; it joins this module's Ray instance.
     assert run_script("ray_dropin.py", ray_instance).split() == ["ok", "20000"]
+
+
+def test_the_readmes_ray_example(ray_instance, tmp_path):
+    (code,) = [c for c in code_blocks() if "shmpool.ray" in c]
+    run_example(code, tmp_path, dict(script_env(), RAY_ADDRESS=ray_instance))
 
 
 def test_parallel_numpy_map(pool):
