@@ -5,6 +5,7 @@ it is shut down after the last test, and its processes must be gone then.
 Skipped when Ray is not installed (``pip install 'shmpool[ray]'``).
 """
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -388,7 +389,7 @@ def test_share_and_unshare_errors_are_the_local_pools(pool):
         lambda p: p.share("l", [1, 2]),                  # not an ndarray
         lambda p: p.unshare("nothing"),
     ]
-    ctx = __import__("multiprocessing").get_context("spawn")  # no fork after ray.init
+    ctx = multiprocessing.get_context("spawn")  # no fork after ray.init
     local = shmpool.SharedArrayPool(1, context=ctx, arrays={"x": np.zeros(3)})
     try:
         expected = [errors(lambda: case(local)) for case in cases]
