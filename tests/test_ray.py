@@ -5,6 +5,7 @@ it is shut down after the last test, and its processes must be gone then.
 Skipped when Ray is not installed (``pip install 'shmpool[ray]'``).
 """
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import shmpool  # noqa: E402
 import shmpool.ray  # noqa: E402
 from shmpool.worker import ArrayMap  # noqa: E402
 
-from conftest import run_script  # noqa: E402
+from conftest import run_script, script_env  # noqa: E402
+from test_readme import code_blocks, run_example  # noqa: E402
 
 SharedArrayPool = shmpool.ray.SharedArrayPool
 
@@ -135,6 +137,11 @@ def initialized(_):
 def test_the_same_script_on_one_machine_and_on_ray(ray_instance):
     # Its functions live in __main__; it joins this module's Ray instance.
     assert run_script("ray_dropin.py", ray_instance).split() == ["ok", "20000"]
+
+
+def test_the_readmes_ray_example(ray_instance, tmp_path):
+    (code,) = [c for c in code_blocks() if "shmpool.ray" in c]
+    run_example(code, tmp_path, dict(script_env(), RAY_ADDRESS=ray_instance))
 
 
 def test_parallel_numpy_map(pool):
@@ -295,3 +302,159 @@ def test_import_shmpool_does_not_import_ray_and_missing_ray_is_explained():
                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "pip install 'shmpool[ray]'" in out.stdout
+
+
+class Recorder(object):
+    """A progress= callable that records what the pool tells it."""
+
+    def __init__(self):
+        self.calls, self.updates, self.closed = [], [], False
+
+    def __call__(self, total, desc):
+        self.calls.append((total, desc))
+        return self
+
+    def update(self, n):
+        self.updates.append(n)
+
+    def close(self):
+        self.closed = True
+
+
+def slowly_sum(name):
+    time.sleep(1)  # long after the call that submitted it has returned
+    return float(shmpool.arrays[name].astype(np.float64).sum())
+
+
+def test_share_reaches_later_tasks_and_unshare_takes_it_away(pool):
+    late = np.asfortranarray(np.arange(60, dtype=np.float16).reshape(6, 10))
+    returned = pool.share("late", late)
+    try:
+        assert returned is pool.arrays["late"] and not returned.flags.writeable
+        assert np.array_equal(returned, late) and in_shared_mapping(returned)
+        seen = pool.map(describe, ["late"] * 4, chunksize=1)  # both actors
+        seen.append(pool.apply(describe, ("late",)))
+        seen.append(next(pool.imap_unordered(describe, ["late"])))
+        for s in seen:
+            assert s["dtype"] == np.float16 and s["fortran"]
+            assert np.array_equal(s["values"], late)
+            assert s["in the object store"] and not s["writeable"]
+        running = pool.map_async(slowly_sum, ["late", "late"], chunksize=1)
+    finally:
+        pool.unshare("late")
+    # tasks submitted before unshare keep the table they were submitted with
+    assert running.get(60) == [float(late.sum())] * 2
+    assert "late" not in pool.arrays and list(pool.arrays) == ["x", "h"]
+    with pytest.raises(KeyError, match="no shared array named 'late'"):
+        pool.apply(describe, ("late",))
+    with pytest.raises(KeyError, match="no shared array named 'late'"):
+        pool.map(describe, ["late"] * 4, chunksize=1)
+    assert pool.apply(describe, ("x",))["in the object store"]  # the others stay
+    # the name is free again, for a different array
+    pool.share("late", np.arange(3))
+    try:
+        assert pool.apply(lambda: shmpool.arrays["late"].tolist()) == [0, 1, 2]
+    finally:
+        pool.unshare("late")
+
+
+def test_unshare_lets_go_of_the_object(pool):
+    # The driver owns the objects it put: Ray keeps an owner's entry for each
+    # object until no process (the driver, a task, an actor) refers to it.
+    references = ray._private.worker.global_worker.core_worker.get_all_reference_counts
+    pool.share("big", np.ones(2 * 10 ** 7, np.float32))  # 80 MB
+    key = pool._shmpool_refs[-1][1].hex().encode()
+    assert pool.map(lambda _: float(shmpool.arrays["big"][-1]), range(2), 1) == [1.0, 1.0]
+    assert key in references()
+    pool.unshare("big")
+    deadline = time.monotonic() + 30
+    while key in references() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert key not in references(), "the unshared array is still in the object store"
+
+
+def errors(call):
+    try:
+        call()
+    except Exception as e:
+        return type(e), str(e)
+    return None
+
+
+def test_share_and_unshare_errors_are_the_local_pools(pool):
+    cases = [
+        lambda p: p.share("x", np.zeros(3)),             # shared already
+        lambda p: p.share(1, np.zeros(3)),               # not a string
+        lambda p: p.share("o", np.array([None, 1])),     # object dtype
+        lambda p: p.share("l", [1, 2]),                  # not an ndarray
+        lambda p: p.unshare("nothing"),
+    ]
+    ctx = multiprocessing.get_context("spawn")  # no fork after ray.init
+    local = shmpool.SharedArrayPool(1, context=ctx, arrays={"x": np.zeros(3)})
+    try:
+        expected = [errors(lambda: case(local)) for case in cases]
+        local.close()
+        expected_closed = [errors(lambda: local.share("c", np.zeros(3))),
+                           errors(lambda: local.unshare("x"))]
+    finally:
+        local.terminate()
+        local.join()
+    assert all(expected) and all(expected_closed)
+    assert [errors(lambda: case(pool)) for case in cases] == expected
+    assert list(pool.arrays) == ["x", "h"] and pool.apply(lambda: len(shmpool.arrays)) == 2
+    with SharedArrayPool(1, arrays={"x": np.zeros(3)}) as closed:
+        closed.close()
+        assert [errors(lambda: closed.share("c", np.zeros(3))),
+                errors(lambda: closed.unshare("x"))] == expected_closed
+
+
+def test_actors_started_after_share_see_the_arrays():
+    # one actor at a time, each replaced after one task
+    with SharedArrayPool(1, remember_total, (3,), maxtasksperchild=1,
+                         arrays={"x": np.ones(10)}) as pool:
+        first = pool.apply(initialized, (0,))  # the first actor, replaced now
+        pool.share("late", np.full(5, 7, np.int64))
+        seen = pool.map(lambda _: (os.getpid(), shmpool.arrays["late"].tolist()),
+                        range(2), chunksize=1)
+        pool.unshare("late")
+        with pytest.raises(KeyError, match="no shared array named 'late'"):
+            pool.apply(lambda: shmpool.arrays["late"])
+        after = pool.apply(initialized, (0,))
+    assert [s[1] for s in seen] == [[7] * 5] * 2
+    assert len({first[0], seen[0][0], seen[1][0], after[0]}) == 4  # four actors
+    assert first[1] == after[1] == "30.0"  # the initializer still runs after the arrays
+
+
+@pytest.mark.parametrize("method, star", [("map", False), ("starmap", True),
+                                          ("imap", False), ("imap_unordered", False)])
+def test_progress_callable_sees_the_total_and_every_item(pool, method, star):
+    items = [(i, 3) for i in range(23)] if star else list(range(23))
+    func = divmod if star else (lambda i: i * i)
+    recorder = Recorder()
+    got = list(getattr(pool, method)(func, items, 2, progress=recorder))
+    expected = [divmod(i, 3) for i in range(23)] if star else [i * i for i in range(23)]
+    assert sorted(got) == expected and (method == "imap_unordered" or got == expected)
+    assert recorder.calls == [(23, method)]
+    assert sum(recorder.updates) == 23 and all(n > 0 for n in recorder.updates)
+    assert recorder.closed
+
+
+def test_progress_without_a_length_and_on_failure(pool):
+    recorder = Recorder()
+    assert pool.map(abs, (-i for i in range(7)), progress=recorder) == list(range(7))
+    assert recorder.calls == [(7, "map")] and sum(recorder.updates) == 7
+    recorder = Recorder()
+    assert list(pool.imap(abs, iter([-1, -2]), progress=recorder)) == [1, 2]
+    assert recorder.calls == [(None, "imap")] and sum(recorder.updates) == 2
+    recorder = Recorder()
+    with pytest.raises(ZeroDivisionError):
+        pool.map(lambda i: 1 / i, range(-3, 3), 1, progress=recorder)
+    assert recorder.closed and sum(recorder.updates) <= 6  # (Ray runs every chunk)
+
+
+def test_progress_is_shown_only_when_asked(pool, capsys):
+    assert pool.map(abs, range(10)) == list(range(10))
+    assert list(pool.imap(abs, range(10))) == list(range(10))
+    assert "10/10" not in capsys.readouterr().err
+    assert pool.map(abs, range(10), progress=True) == list(range(10))
+    assert "10/10" in capsys.readouterr().err  # tqdm's bar, or shmpool's counter

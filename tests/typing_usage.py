@@ -65,6 +65,18 @@ def with_a_pool() -> None:
     assert issubclass(shmpool.ThreadLimitWarning, RuntimeWarning)
 
 
+def a_ray_pool() -> None:
+    import shmpool.ray
+
+    pool = shmpool.ray.SharedArrayPool(2, arrays={"x": np.zeros(3)})
+    assert_type(pool.share("y", np.ones(2, np.float32)), npt.NDArray[np.float32])
+    assert_type(pool.map(square, range(3), progress=True), List[float])
+    assert_type(pool.starmap(add, [(1, 2)], progress={"leave": False}), List[int])
+    assert_type(pool.imap_unordered(square, range(3), progress=True), Iterator[float])
+    pool.unshare("y")
+    pool.map(square, range(3), progress="yes")  # type: ignore[arg-type]
+
+
 def with_an_executor() -> None:
     with shmpool.SharedArrayExecutor(2, arrays={"x": np.zeros(3)}) as ex:
         assert_type(ex.submit(square, 2).result(), float)
