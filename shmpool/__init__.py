@@ -8,6 +8,8 @@
     SharedMemoryWarning    shared memory spilled from /dev/shm to disk
     BlockUnavailable       a shared array's memory could no longer be reached
     WorkerDied             a pool worker died during a task (the call raises it)
+    TaskTimeout            a task ran past its ``task_timeout`` (a
+                           ``multiprocessing.TimeoutError``; the call raises it)
 
 Importing shmpool teaches ``multiprocessing``'s pickler to send shared arrays,
 and views of them, as small references to the same memory.
@@ -22,6 +24,7 @@ from .ndarrays import copy, empty, is_shared, zeros
 from .pool import SharedArrayPool
 from .reduction import register as _register
 from .supervisor import WorkerDied
+from .timeouts import TaskTimeout
 from .worker import arrays
 
 __all__ = [
@@ -29,6 +32,7 @@ __all__ = [
     "SharedArrayExecutor",
     "SharedArrayPool",
     "SharedMemoryWarning",
+    "TaskTimeout",
     "WorkerDied",
     "arrays",
     "copy",
