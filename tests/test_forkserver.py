@@ -1,5 +1,6 @@
 """Every behaviour in pool_cases, reference_cases, reliability_cases,
-feature_cases, property_cases and pickling_cases, under the 'forkserver' start method."""
+feature_cases, property_cases, pickling_cases and timeout_cases, under the
+'forkserver' start method."""
 
 import multiprocessing
 
@@ -11,6 +12,7 @@ import pool_cases
 import property_cases
 import reference_cases
 import reliability_cases
+import timeout_cases
 
 pytestmark = pytest.mark.skipif(
     "forkserver" not in multiprocessing.get_all_start_methods(),
@@ -38,4 +40,8 @@ class TestPropertiesForkserver(property_cases.PropertyCases):
 
 
 class TestPicklingForkserver(pickling_cases.PicklingCases):
+    start_method = "forkserver"
+
+
+class TestTimeoutsForkserver(timeout_cases.TimeoutCases):
     start_method = "forkserver"
