@@ -189,6 +189,35 @@ class TimeoutCases(StartMethodCases):
                 pool.apply(nap, (60,), task_timeout=0.5)
             assert pool.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
 
+    def test_only_a_worker_running_past_its_deadline_is_killed(self, monkeypatch):
+        from shmpool import supervisor
+
+        with self.pool(1) as pool:
+            limited = pool.apply_async(square, (2,), task_timeout=30)  # (kept: the
+            assert limited.get(10) == 4  # supervisor watches deadlines while it lives)
+            (status,) = pool._supervisor.workers.values()
+            pid = pool.apply(nap, (0,))
+            status[protocol.DEADLINE] = 1  # long past, but the worker is idle
+            time.sleep(0.5)
+            assert pool.apply(nap, (0,)) == pid
+            # The worker clears its deadline (the item ended) as it is being
+            # stopped: it is continued, not killed.
+            stop, stops = supervisor._stop, []
+
+            def stopping(worker_pid):
+                stops.append(worker_pid)
+                stopped = stop(worker_pid)
+                status[protocol.DEADLINE] = 0
+                return stopped
+
+            monkeypatch.setattr(supervisor, "_stop", stopping)
+            running = pool.apply_async(nap, (1.0,))
+            time.sleep(0.3)
+            status[protocol.DEADLINE] = 1
+            assert running.get(10) == pid
+            assert stops == [pid]
+            assert pool.apply(nap, (0,)) == pid
+
     def test_terminate_during_a_timed_out_task(self):
         pool = self.pool(2, task_timeout=0.3)
         try:
