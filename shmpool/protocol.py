@@ -2,9 +2,10 @@
 
 Each worker has a status block: shared int64 slots ``STATE``, ``JOB``,
 ``INDEX``, ``ERROR``, ``DEADLINE``, ``CALL`` and ``ITEM``, then from byte
-``TEXT`` the error that ended its start-up (``ERROR`` bytes of it).  The worker writes it (``queues``, through
-``current``); the parent's ``supervisor`` reads a dead worker's, to answer for
-what it was doing.  A worker goes through these states, for each task:
+``TEXT`` the error that ended its start-up (``ERROR`` bytes of it).  The
+worker writes it (``queues``, through ``current``); the parent's
+``supervisor`` reads a dead worker's, to answer for what it was doing.  A
+worker goes through these states, for each task:
 
     state      written by                when                        lock held
     ---------  ------------------------  --------------------------  ---------

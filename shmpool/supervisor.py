@@ -275,10 +275,11 @@ class Supervisor(object):
                     _signal(p.pid, signal.SIGCONT)
 
     def _timeout(self, pid: int, serial: int, item: int) -> timeouts.TaskTimeout:
-        what, seconds = self.calls.get(serial, ("a task", 0.0))
-        message = "shmpool: %s%s ran longer than task_timeout=%g s, so its worker " \
-                  "(pid %d) was killed; the pool replaces it" % (
-                      what, ": item %d" % item if item >= 0 else "", seconds, pid)
+        what, seconds = self.calls.get(serial, ("a task", None))  # (None: its call ended)
+        limit = "task_timeout=%g s" % seconds if seconds is not None else "its task_timeout"
+        message = "shmpool: %s%s ran longer than %s, so its worker (pid %d) was killed; " \
+                  "the pool replaces it" % (
+                      what, ": item %d" % item if item >= 0 else "", limit, pid)
         return timeouts.TaskTimeout(message, pid, seconds, item if item >= 0 else None)
 
     def _start_death(self, pool: SharedArrayPool, p: Worker, code: Optional[int],
