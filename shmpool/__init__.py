@@ -10,6 +10,8 @@
     BlockUnavailable       a shared array's memory could no longer be reached
     FileUnavailable        a memmap's file was removed or replaced (a BlockUnavailable)
     WorkerDied             a pool worker died during a task (the call raises it)
+    TaskTimeout            a task ran past its ``task_timeout`` (a
+                           ``multiprocessing.TimeoutError``; the call raises it)
 
 Importing shmpool teaches ``multiprocessing``'s pickler to send shared arrays,
 and views of them, as small references to the same memory.
@@ -26,6 +28,7 @@ from .pool import SharedArrayPool
 from .reduction import register as _register
 from .supervisor import WorkerDied
 from .threads import ThreadLimitWarning
+from .timeouts import TaskTimeout
 from .worker import arrays
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "SharedArrayPool",
     "SharedMemoryWarning",
     "ThreadLimitWarning",
+    "TaskTimeout",
     "WorkerDied",
     "arrays",
     "copy",

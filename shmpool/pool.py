@@ -44,7 +44,8 @@ from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
                     Optional, Sized, cast, overload)
 
-from . import _compat, ndarrays, pickling, progress, queues, supervisor, threads, worker
+from . import (_compat, ndarrays, pickling, progress, queues, supervisor, threads, timeouts,
+               worker)
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
     from .progress import ProgressSpec
 
+    _R = TypeVar("_R")
     _S = TypeVar("_S")
     _T = TypeVar("_T")
     _ScalarT = TypeVar("_ScalarT", bound=np.generic)
@@ -90,6 +92,11 @@ class SharedArrayPool(_Pool):
     ``threads_per_worker`` caps the BLAS and OpenMP thread pools of every
     worker, replacements included (see ``shmpool.threads``); None leaves them
     as they are.
+
+    ``task_timeout`` (seconds, or None: no limit) limits each call of a task's
+    function, each item of a map: past it, the worker is killed and replaced,
+    and the call raises ``TaskTimeout``.  Each call method takes
+    ``task_timeout=`` too, in place of the pool's.
     """
 
     def __init__(self, processes: Optional[int] = None,
@@ -97,9 +104,11 @@ class SharedArrayPool(_Pool):
                  initargs: Iterable[Any] = (), maxtasksperchild: Optional[int] = None,
                  context: Optional[BaseContext] = None, *,
                  arrays: Optional[Mapping[str, npt.NDArray[Any]]] = None,
-                 threads_per_worker: Optional[int] = None) -> None:
+                 threads_per_worker: Optional[int] = None,
+                 task_timeout: Optional[float] = None) -> None:
         # Pool.__del__ (3.8+) reads these even when __init__ failed early.
         self._pool, self._state = [], getattr(_mp_pool, "INIT", "INIT")
+        self._task_timeout = timeouts.checked(task_timeout)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         threads_per_worker = threads.check(threads_per_worker)
@@ -224,23 +233,46 @@ class SharedArrayPool(_Pool):
         inqueue._rlock.acquire(timeout=0.1)
 
     def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
-              kwds: Mapping[str, Any] = {}) -> _T:
-        """As ``Pool.apply``."""
-        return _interruptible_get(self.apply_async(func, args, kwds))
+              kwds: Mapping[str, Any] = {}, *, task_timeout: Optional[float] = None) -> _T:
+        """As ``Pool.apply``; ``task_timeout`` in place of the pool's."""
+        return _interruptible_get(self.apply_async(func, args, kwds,
+                                                   task_timeout=task_timeout))
 
     def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (),
                     kwds: Mapping[str, Any] = {},
                     callback: Optional[Callable[[_T], object]] = None,
-                    error_callback: Optional[Callable[[BaseException], object]] = None,
-                    ) -> ApplyResult[_T]:
-        return super(SharedArrayPool, self).apply_async(
-            pickling.portable(func, self._ctx), args, kwds, callback, error_callback)
+                    error_callback: Optional[Callable[[BaseException], object]] = None, *,
+                    task_timeout: Optional[float] = None) -> ApplyResult[_T]:
+        """As ``Pool.apply_async``, with ``task_timeout`` as for ``apply``."""
+        base = super(SharedArrayPool, self).apply_async
+        return self._limited(lambda f: base(f, args, kwds, callback, error_callback),
+                             func, task_timeout, "apply", 0)
+
+    def map_async(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                  chunksize: Optional[int] = None,
+                  callback: Optional[Callable[[List[_T]], object]] = None,
+                  error_callback: Optional[Callable[[BaseException], object]] = None, *,
+                  task_timeout: Optional[float] = None) -> _mp_pool.MapResult[_T]:
+        """As ``Pool.map_async``, with ``task_timeout`` as for ``apply``."""
+        return self._map_async(func, iterable,
+                               _mp_pool.mapstar,  # type: ignore[attr-defined]  # not in typeshed
+                               chunksize, callback, error_callback, task_timeout=task_timeout)
+
+    def starmap_async(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                      chunksize: Optional[int] = None,
+                      callback: Optional[Callable[[List[_T]], object]] = None,
+                      error_callback: Optional[Callable[[BaseException], object]] = None, *,
+                      task_timeout: Optional[float] = None) -> ApplyResult[List[_T]]:
+        """As ``Pool.starmap_async``, with ``task_timeout`` as for ``apply``."""
+        return self._map_async(func, iterable,
+                               _mp_pool.starmapstar,  # type: ignore[attr-defined]  # as mapstar
+                               chunksize, callback, error_callback, task_timeout=task_timeout)
 
     def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any],
                    mapper: Callable[..., Any], chunksize: Optional[int] = None,
                    callback: Optional[Callable[[Any], object]] = None,
-                   error_callback: Optional[Callable[[BaseException], object]] = None,
-                   ) -> progress.MapResult[Any]:
+                   error_callback: Optional[Callable[[BaseException], object]] = None, *,
+                   task_timeout: Optional[float] = None) -> progress.MapResult[Any]:
         # map, map_async, starmap and starmap_async all come through here.
         if chunksize is None and self._state == _mp_pool.RUN:
             # As Pool does, but by the pool's size, not its list of workers:
@@ -249,76 +281,103 @@ class SharedArrayPool(_Pool):
                 iterable = list(iterable)
             chunksize, extra = divmod(len(cast("Sized", iterable)), self._processes * 4)
             chunksize += bool(extra)
-        return super(SharedArrayPool, self)._map_async(
-            pickling.portable(func, self._ctx), iterable, mapper, chunksize, callback,
-            error_callback)
+        base = super(SharedArrayPool, self)._map_async
+        call = "starmap" if mapper is _mp_pool.starmapstar else "map"  # type: ignore[attr-defined]
+        return self._limited(
+            lambda f: base(f, iterable, mapper, chunksize, callback, error_callback),
+            func, task_timeout, call, chunksize or 0)
+
+    def _limited(self, run: Callable[[Callable[..., Any]], _R], func: Callable[..., Any],
+                 task_timeout: Optional[float], call: str, chunksize: int) -> _R:
+        """``run(f)``, ``f`` being ``func`` made portable and, given a time
+        limit (``task_timeout``, else the pool's), limited on each of its
+        calls (``call`` and ``chunksize`` as ``supervisor.limit`` takes them)."""
+        seconds = self._task_timeout if task_timeout is None else timeouts.checked(task_timeout)
+        f = self._supervisor.limit(pickling.portable(func, self._ctx), seconds,
+                                   "%s(%s)" % (call, _name(func)), chunksize)
+        try:
+            result = run(f)
+        except BaseException:
+            self._supervisor.keep(f, None)
+            raise
+        self._supervisor.keep(f, result)
+        return result
 
     def map(self, func: Callable[[_S], _T], iterable: Iterable[_S],
-            chunksize: Optional[int] = None, *, progress: ProgressSpec = None) -> List[_T]:
+            chunksize: Optional[int] = None, *, progress: ProgressSpec = None,
+            task_timeout: Optional[float] = None) -> List[_T]:
         """As ``Pool.map``; ``progress=True`` shows a progress bar (see
-        ``shmpool.progress``)."""
+        ``shmpool.progress``); ``task_timeout`` as for ``apply``."""
         return self._mapped(func, iterable,
                             _mp_pool.mapstar,  # type: ignore[attr-defined]  # not in typeshed
-                            chunksize, progress, "map")
+                            chunksize, progress, "map", task_timeout)
 
     def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
-                chunksize: Optional[int] = None, *,
-                progress: ProgressSpec = None) -> List[_T]:
-        """As ``Pool.starmap``, with ``progress`` as for ``map``."""
+                chunksize: Optional[int] = None, *, progress: ProgressSpec = None,
+                task_timeout: Optional[float] = None) -> List[_T]:
+        """As ``Pool.starmap``, with ``progress`` and ``task_timeout`` as for
+        ``map``."""
         return self._mapped(func, iterable,
                             _mp_pool.starmapstar,  # type: ignore[attr-defined]  # as mapstar
-                            chunksize, progress, "starmap")
+                            chunksize, progress, "starmap", task_timeout)
 
     @overload
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
              chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
-             progress: Literal[False, None] = None) -> IMapIterator[_T]: ...
+             progress: Literal[False, None] = None,
+             task_timeout: Optional[float] = None) -> IMapIterator[_T]: ...
     @overload
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
              chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
-             progress: ProgressSpec) -> Iterator[_T]: ...
+             progress: ProgressSpec,
+             task_timeout: Optional[float] = None) -> Iterator[_T]: ...
     def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
              chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
-             progress: ProgressSpec = None) -> Iterator[_T]:
+             progress: ProgressSpec = None,
+             task_timeout: Optional[float] = None) -> Iterator[_T]:
         """As ``Pool.imap`` (``buffersize`` where Pool takes it: Python 3.16+),
-        with ``progress`` as for ``map``."""
-        return self._iterated(super(SharedArrayPool, self).imap,
-                              pickling.portable(func, self._ctx), iterable,
-                              chunksize, buffersize, progress, "imap")
+        with ``progress`` and ``task_timeout`` as for ``map``."""
+        return self._iterated(super(SharedArrayPool, self).imap, func, iterable,
+                              chunksize, buffersize, progress, "imap", task_timeout)
 
     @overload
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                        chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
-                       progress: Literal[False, None] = None) -> IMapIterator[_T]: ...
+                       progress: Literal[False, None] = None,
+                       task_timeout: Optional[float] = None) -> IMapIterator[_T]: ...
     @overload
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                        chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
-                       progress: ProgressSpec) -> Iterator[_T]: ...
+                       progress: ProgressSpec,
+                       task_timeout: Optional[float] = None) -> Iterator[_T]: ...
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                        chunksize: Optional[int] = 1, buffersize: Optional[int] = None, *,
-                       progress: ProgressSpec = None) -> Iterator[_T]:
-        """As ``Pool.imap_unordered``, with ``buffersize`` and ``progress`` as
-        for ``imap``."""
-        return self._iterated(super(SharedArrayPool, self).imap_unordered,
-                              pickling.portable(func, self._ctx), iterable, chunksize,
-                              buffersize, progress, "imap_unordered")
+                       progress: ProgressSpec = None,
+                       task_timeout: Optional[float] = None) -> Iterator[_T]:
+        """As ``Pool.imap_unordered``, with ``buffersize``, ``progress`` and
+        ``task_timeout`` as for ``imap``."""
+        return self._iterated(super(SharedArrayPool, self).imap_unordered, func, iterable,
+                              chunksize, buffersize, progress, "imap_unordered", task_timeout)
 
     def _mapped(self, func: Callable[..., _T], iterable: Iterable[Any],
                 mapper: Callable[..., Any], chunksize: Optional[int],
-                progress_spec: ProgressSpec, desc: str) -> List[_T]:
+                progress_spec: ProgressSpec, desc: str,
+                task_timeout: Optional[float]) -> List[_T]:
         if not progress_spec:
-            return _interruptible_get(self._map_async(func, iterable, mapper, chunksize))
+            return _interruptible_get(self._map_async(func, iterable, mapper, chunksize,
+                                                      task_timeout=task_timeout))
         if not hasattr(iterable, "__len__"):
             iterable = list(iterable)
-        result = self._map_async(func, iterable, mapper, chunksize)
+        result = self._map_async(func, iterable, mapper, chunksize, task_timeout=task_timeout)
         return progress.wait(result, len(cast("Sized", iterable)), progress_spec, desc)
 
-    @staticmethod
-    def _iterated(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
+    def _iterated(self, imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
                   iterable: Iterable[Any], chunksize: Optional[int],
                   buffersize: Optional[int], progress_spec: ProgressSpec,
-                  desc: str) -> Iterator[_T]:
-        results = _buffered(imap, func, iterable, chunksize, buffersize)
+                  desc: str, task_timeout: Optional[float]) -> Iterator[_T]:
+        results = self._limited(
+            lambda f: _buffered(imap, f, iterable, chunksize, buffersize),
+            func, task_timeout, desc, chunksize if isinstance(chunksize, int) else 0)
         if not progress_spec:
             return results
         total = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
@@ -354,6 +413,10 @@ def _buffered(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
     if chunksize == 1:
         return result
     return (item for chunk in cast("Iterator[List[_T]]", result) for item in chunk)
+
+
+def _name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", None) or type(func).__name__
 
 
 def _interruptible_get(result: ApplyResult[_T]) -> _T:

@@ -1,10 +1,11 @@
 """A pool worker's protocol with the parent: what it records, where, and when.
 
 Each worker has a status block: shared int64 slots ``STATE``, ``JOB``,
-``INDEX`` and ``ERROR``, then from byte ``TEXT`` the error that ended its
-start-up (``ERROR`` bytes of it).  The worker writes it (``queues``, through
-``current``); the parent's ``supervisor`` reads a dead worker's, to answer for
-what it was doing.  A worker goes through these states, for each task:
+``INDEX``, ``ERROR``, ``DEADLINE``, ``CALL`` and ``ITEM``, then from byte
+``TEXT`` the error that ended its start-up (``ERROR`` bytes of it).  The
+worker writes it (``queues``, through ``current``); the parent's
+``supervisor`` reads a dead worker's, to answer for what it was doing.  A
+worker goes through these states, for each task:
 
     state      written by                when                        lock held
     ---------  ------------------------  --------------------------  ---------
@@ -17,6 +18,14 @@ what it was doing.  A worker goes through these states, for each task:
     SENDING    queues.ResultQueue.put    writing its result's frame  results'
     SENT       queues.ResultQueue.put    wrote it                    results'
     IDLE       queues.ResultQueue.put    left the lock               -
+
+A task with a time limit (``timeouts.Timed``) writes, while RUNNING, before each
+call of the user's function: ``CALL`` (which call it belongs to), ``ITEM`` (the
+item's index in the iterable, or -1) and ``DEADLINE`` (``time.monotonic_ns``,
+system-wide on Linux, when the call's time is up); after the call it writes 0
+into ``DEADLINE``.  ``DEADLINE`` is 0 whenever no limited function runs: the
+supervisor kills a worker only if, stopped (SIGSTOP), it is still RUNNING
+past the same deadline.
 
 A start-up that raises writes its traceback (``record_error``, by
 ``worker.initialize``).  A task or result holding a reference to a shared
@@ -42,7 +51,7 @@ if TYPE_CHECKING:
     from .blocks import BlockUnavailable
 
 IDLE, WAITING, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT, STARTING = range(9)
-STATE, JOB, INDEX, ERROR = range(4)  # the status block's int64 slots
+STATE, JOB, INDEX, ERROR, DEADLINE, CALL, ITEM = range(7)  # the status block's int64 slots
 TEXT, SIZE = 64, 4096  # bytes: where the start-up error begins; the block's size
 
 
@@ -74,7 +83,7 @@ class Worker(object):
     __slots__ = ("status", "before_task")
 
     def __init__(self) -> None:
-        self.status = memoryview(bytearray(8 * (ERROR + 1))).cast("q")
+        self.status = memoryview(bytearray(8 * (ITEM + 1))).cast("q")
         self.before_task: Optional[Callable[[], object]] = None
 
 

@@ -15,6 +15,8 @@ second and, from the dead worker's last status:
                               if the lock stays held by no live worker, it
                               cannot be safely released: the pool restarts
     idle                      nothing was lost
+    killed past its deadline  (``task_timeout``: see ``timeouts``) that task
+                              fails with TaskTimeout instead
     starting                  (before its first task: the initializer raised,
                               or could not be unpickled, or a signal) after
                               a few such deaths in a row the pool is broken:
@@ -22,6 +24,12 @@ second and, from the dead worker's last status:
                               worker's error, and no more workers are made
 
 Workers retired by ``maxtasksperchild`` exit idle, so they are not deaths.
+
+The same thread kills, with SIGKILL, a worker whose status shows a limited
+function running past its deadline: it is stopped (SIGSTOP) first, its status
+read again, and only if it is still running that same call is it killed
+(else it continues), so a worker that finished the call meanwhile, and may be
+writing its result, is never killed.
 
 A restart kills every worker, puts fresh pipes into the pool's queues (see
 ``queues``), and has the result thread fail the calls that were in flight;
@@ -33,6 +41,8 @@ run as usual.
 from __future__ import annotations
 
 import functools
+import itertools
+import os
 import signal
 import threading
 import traceback
@@ -42,9 +52,9 @@ from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Set,
                     Tuple, Type, cast)
 
-from . import _compat, inflight
-from .protocol import (ERROR, LOCKED, READING, RECEIVED, RUNNING, SENDING, SENT, STARTING,
-                       STATE, WAITING, new_status, recorded_error)
+from . import _compat, inflight, timeouts
+from .protocol import (CALL, DEADLINE, ERROR, ITEM, LOCKED, READING, RECEIVED, RUNNING,
+                       SENDING, SENT, STARTING, STATE, WAITING, new_status, recorded_error)
 
 if TYPE_CHECKING:
     import collections
@@ -114,6 +124,32 @@ class Supervisor(object):
         self.start_deaths = 0  # in a row
         self.broken: Optional[WorkerDied] = None
         self._failed: Set[int] = set()  # jobs failed since the pool broke
+        # Calls with a time limit: serial -> (what, seconds); and the error of
+        # each worker killed past its deadline.
+        self.calls: Dict[int, Tuple[str, float]] = {}
+        self._serials = itertools.count(1)
+        self._expired: Dict[Worker, timeouts.TaskTimeout] = {}
+
+    def limit(self, func: Callable[..., Any], seconds: Optional[float], what: str,
+              chunksize: int = 0) -> Callable[..., Any]:
+        """``func`` (as sent to workers) with a limit of ``seconds`` on each of
+        its calls, ``what`` naming the call for the error (``chunksize`` as
+        ``timeouts.Timed`` takes it); ``func`` itself when ``seconds`` is None.
+        ``keep`` must then be told the call's result."""
+        if seconds is None:
+            return func
+        serial = next(self._serials)
+        self.calls[serial] = (what, seconds)
+        return timeouts.Timed(func, int(seconds * 1e9), serial, chunksize)
+
+    def keep(self, func: Callable[..., Any], result: Optional[object]) -> None:
+        """Keep what ``limit`` recorded for ``func`` while ``result`` (a
+        call's result, or None if the call failed) lives."""
+        if isinstance(func, timeouts.Timed):
+            if result is None:
+                self.calls.pop(func.serial, None)
+            else:
+                weakref.finalize(result, self.calls.pop, func.serial, None)
 
     def process(self, ctx: Any, kwds: Dict[str, Any]) -> Worker:
         """Make a worker process as Pool does, with a status block of its own
@@ -173,6 +209,8 @@ class Supervisor(object):
                     self.start_deaths = 0  # a worker got through its start-up
             if self.broken is not None:
                 self._fail_new_calls(pool)
+            if self.calls:
+                self._kill_expired()
             # Those sure to hold a lock first: they release it, so that the
             # others' locks are not taken for orphaned.
             ended.sort(key=lambda ps: int(ps[1][STATE]) in (WAITING, RECEIVED, RUNNING))
@@ -206,10 +244,43 @@ class Supervisor(object):
             _release(pool._inqueue._rlock)
         elif state == SENDING:
             _release(pool._outqueue._wlock)  # it died after writing a whole result
+        expired = self._expired.pop(p, None)
         if state in (RECEIVED, RUNNING):
-            error = WorkerDied(_describe(p.pid, code, state, False), p.pid, code)
+            error: Exception = (expired if expired is not None else
+                                WorkerDied(_describe(p.pid, code, state, False), p.pid, code))
             _deliver(pool, job, index, error)
         return False
+
+    def _kill_expired(self) -> None:
+        """Kill the workers running a limited function past its deadline."""
+        now = time.monotonic_ns()
+        with self.changed:
+            due = [(p, s, int(s[DEADLINE])) for p, s in self.workers.items()
+                   if p not in self._expired and p._popen is not None]
+        for p, status, deadline in due:
+            if not 0 < deadline < now or status[STATE] != RUNNING:
+                continue
+            stopped = _stop(p.pid)
+            if stopped is None:
+                continue  # it died meanwhile, of something else
+            killed = False
+            try:
+                if status[STATE] == RUNNING and status[DEADLINE] == deadline:
+                    self._expired[p] = self._timeout(p.pid, int(status[CALL]),
+                                                     int(status[ITEM]))
+                    p.kill()
+                    killed = True
+            finally:
+                if stopped and not killed:
+                    _signal(p.pid, signal.SIGCONT)
+
+    def _timeout(self, pid: int, serial: int, item: int) -> timeouts.TaskTimeout:
+        what, seconds = self.calls.get(serial, ("a task", None))  # (None: its call ended)
+        limit = "task_timeout=%g s" % seconds if seconds is not None else "its task_timeout"
+        message = "shmpool: %s%s ran longer than %s, so its worker (pid %d) was killed; " \
+                  "the pool replaces it" % (
+                      what, ": item %d" % item if item >= 0 else "", limit, pid)
+        return timeouts.TaskTimeout(message, pid, seconds, item if item >= 0 else None)
 
     def _start_death(self, pool: SharedArrayPool, p: Worker, code: Optional[int],
                      error: str) -> None:
@@ -255,6 +326,7 @@ class Supervisor(object):
             self.restarting = True
             old = list(self.workers)
             self.workers.clear()
+            self._expired.clear()
         try:
             for p in old:
                 _kill(p)
@@ -277,6 +349,39 @@ def _kill(p: Worker, timeout: float = 5.0) -> None:
         time.sleep(0.01)
     if p._popen is not None:
         p.kill()
+
+
+def _stop(pid: int, timeout: float = 1.0) -> Optional[bool]:
+    """SIGSTOP ``pid`` and wait (up to ``timeout``) until its main thread, the
+    one that runs tasks, has stopped: True once it has (or may have), False
+    if it could not stop (no SIGSTOP here), None if it is dead."""
+    stop = getattr(signal, "SIGSTOP", None)
+    if stop is None:
+        return False
+    if not _signal(pid, stop):
+        return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/stat" % pid, "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            time.sleep(0.05)  # (no /proc) a stop takes effect at once, mostly
+            return True
+        if state in (b"Z", b"X"):
+            return None
+        if state in (b"T", b"t"):
+            break
+        time.sleep(0.001)
+    return True
+
+
+def _signal(pid: int, signum: int) -> bool:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _arrives(pool: SharedArrayPool, key: Tuple[int, int], timeout: float = 1.0) -> bool:

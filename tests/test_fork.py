@@ -1,6 +1,6 @@
 """Every behaviour in pool_cases, reference_cases, reliability_cases,
-feature_cases, property_cases, pickling_cases, threads_cases and memmap_cases,
-under the 'fork' start method."""
+feature_cases, property_cases, pickling_cases, threads_cases, memmap_cases
+and timeout_cases, under the 'fork' start method."""
 
 import multiprocessing
 
@@ -14,6 +14,7 @@ import property_cases
 import reference_cases
 import reliability_cases
 import threads_cases
+import timeout_cases
 
 pytestmark = pytest.mark.skipif(
     "fork" not in multiprocessing.get_all_start_methods(),
@@ -49,4 +50,8 @@ class TestThreadsFork(threads_cases.ThreadsCases):
 
 
 class TestMemmapsFork(memmap_cases.MemmapCases):
+    start_method = "fork"
+
+
+class TestTimeoutsFork(timeout_cases.TimeoutCases):
     start_method = "fork"

@@ -59,10 +59,15 @@ def with_a_pool() -> None:
         pool.unshare("y")
         pool.map(square, ["a"])  # type: ignore[arg-type]
         pool.map(square, range(3), progress="yes")  # type: ignore[arg-type]
+        assert_type(pool.map(square, range(3), task_timeout=1.5), List[float])
+        assert_type(pool.imap(square, range(3), task_timeout=2), IMapIterator[float])
+        assert_type(pool.apply(add, (1, 2), task_timeout=2), int)
+        pool.map(square, range(3), task_timeout="1")  # type: ignore[arg-type]
     shmpool.SharedArrayPool(arrays={"x": [1, 2]})  # type: ignore[dict-item]
     shmpool.SharedArrayPool(threads_per_worker=1).close()
     shmpool.SharedArrayPool(threads_per_worker="1")  # type: ignore[arg-type]
     assert issubclass(shmpool.ThreadLimitWarning, RuntimeWarning)
+    shmpool.SharedArrayPool(task_timeout=30.0).close()
 
 
 def a_ray_pool() -> None:
@@ -86,4 +91,5 @@ def with_an_executor() -> None:
 
 
 def exceptions() -> Tuple[type[Exception], ...]:
-    return (shmpool.BlockUnavailable, shmpool.WorkerDied, shmpool.SharedMemoryWarning)
+    return (shmpool.BlockUnavailable, shmpool.WorkerDied, shmpool.SharedMemoryWarning,
+            shmpool.TaskTimeout)
