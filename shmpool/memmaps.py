@@ -178,31 +178,48 @@ def _unlinked(address: int, length: int) -> bool:
     return False
 
 
+_PAGEMAP_MAX = 64 << 20  # bytes of mapping, at most, read from /proc/self/pagemap
 _VMA = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) ", re.M)
 _PRIVATE = re.compile(rb"^(?:Anonymous|Swap): +([0-9]+) kB", re.M)
 
 
 def _written(address: int, length: int) -> bool:
     """Whether this process's private (``c``) mapping of ``length`` bytes at
-    ``address`` holds a page it wrote to (copied on write: ``Anonymous`` or
-    ``Swap`` in /proc/self/smaps); True where that cannot be told."""
+    ``address`` holds a page it wrote to (copied on write: an anonymous
+    page); True where that cannot be told.  Linux says so per page in
+    /proc/self/pagemap (8 bytes a page: read for up to ``_PAGEMAP_MAX``
+    bytes of mapping), and per mapping in /proc/self/smaps (which costs
+    milliseconds, growing with all of this process's mappings)."""
     if not _compat.LINUX:
         return True
+    first = address // mmap.PAGESIZE
+    pages = -(-(address + length) // mmap.PAGESIZE) - first
     try:
+        if length <= _PAGEMAP_MAX:
+            fd = os.open("/proc/self/pagemap", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                entries = os.pread(fd, 8 * pages, 8 * first)
+            finally:
+                os.close(fd)
+            if len(entries) == 8 * pages:
+                flags = np.frombuffer(entries, np.uint64) >> np.uint64(61)
+                # (bit 63: present, 62: swapped, 61: a page of the file)
+                return bool(((flags & np.uint64(5)) == 4).any() or (flags & np.uint64(2)).any())
         with open("/proc/self/smaps", "rb") as f:
             smaps = f.read()
     except OSError:
         return True
-    spans = list(_VMA.finditer(smaps)) + [None]
+    vmas = _VMA.finditer(smaps)
+    vma = next(vmas, None)
     seen = False
-    for vma, after in zip(spans, spans[1:]):
-        assert vma is not None
-        if int(vma.group(2), 16) <= address or address + length <= int(vma.group(1), 16):
-            continue
-        seen = True
-        fields = smaps[vma.end():after.start() if after is not None else len(smaps)]
-        if any(int(kb) for kb in _PRIVATE.findall(fields)):
-            return True
+    while vma is not None and int(vma.group(1), 16) < address + length:
+        after = next(vmas, None)
+        if int(vma.group(2), 16) > address:
+            seen = True
+            fields = smaps[vma.end():after.start() if after is not None else len(smaps)]
+            if any(int(kb) for kb in _PRIVATE.findall(fields)):
+                return True
+        vma = after
     return not seen
 
 

@@ -281,7 +281,9 @@ class MemmapCases(StartMethodCases):
             assert pool.apply(read, ("m",)) == [5.0] * 1000
         assert np.fromfile(path, np.float64).tolist() == [0.0] * 1000
 
-    def test_mode_c_unwritten_is_mapped_privately_per_sender_mapping(self, tmp_path):
+    def test_mode_c_unwritten_is_mapped_privately_per_sender_mapping(self, tmp_path,
+                                                                       monkeypatch):
+        monkeypatch.setattr(memmaps, "_PAGEMAP_MAX", 0)  # the parent reads smaps instead
         path = str(tmp_path / "cc.i4")
         with self.pool(1) as pool:
             a = memmap(path, np.int32, "c", (6,), values=np.arange(6))  # (not inherited)
@@ -292,6 +294,9 @@ class MemmapCases(StartMethodCases):
             assert back.tolist() == [7] * 4 and not np.shares_memory(back, a)
         assert a.tolist() == b.tolist() == [0, 1, 2, 3, 4, 5]
         assert np.fromfile(path, np.int32).tolist() == [0, 1, 2, 3, 4, 5]
+        assert memmaps.locate(b) is not None
+        b[5] = -1
+        assert memmaps.locate(b) is None  # written: by value from now on
 
     def test_share_and_unshare_after_a_shared_memmaps_file_is_removed(self, tmp_path):
         path = tmp_path / "removed.f8"
