@@ -5,38 +5,48 @@ A view of an ``np.memmap`` (a slice, step, reshape, transpose,
 ``view(dtype)``, a field, ``np.asarray`` of it) is named by ``File``: the
 file's device and inode (so that a removed or replaced file is an error, never
 another file's data), the mode, its absolute path, and the region of it that
-the memmap maps.  A receiver maps that region once per process (``attach``;
-held weakly, as blocks are) in the same mode: ``r`` read-only, ``r+`` and
+the memmap maps.  A receiver maps that region once per process (``attach``,
+through ``memory.map_file``: no descriptor kept; held weakly and unmapped with
+its last view, as blocks are) in the same mode: ``r`` read-only, ``r+`` and
 ``w+`` shared (writes reach the file and every process; never reopened as
-``w+``, which would truncate it), ``c`` private to each process (its own
-copy-on-write mapping of the file's contents).  Nothing is copied into
-/dev/shm, so a file bigger than /dev/shm, or than RAM, works.
+``w+``, which would truncate it).  Nothing is copied into /dev/shm, so a file
+bigger than /dev/shm, or than RAM, works.
+
+Mode ``c`` is private to each process, as numpy defines it: a ``c`` memmap
+travels by its file only while the sender's mapping of it holds no private
+(written, copy-on-write) page, which /proc/self/smaps tells; the receiver
+then maps it privately itself, keyed by the sender's pid and mapping, so that
+two ``c`` memmaps never share a mapping.  Else ``locate`` says None and it
+travels by value, as any array that is not shared.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import re
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from . import _compat, blocks, geometry
+from . import _compat, blocks, geometry, memory
 
 if TYPE_CHECKING:
     import numpy.typing as npt
 
 #: A region of a file mapped by a memmap: the file (``dev``, ``ino``, at
-#: ``path``), the ``mode`` it is mapped in (``r``, ``r+`` or ``c``), and the
+#: ``path``), the ``mode`` it is mapped in (``r``, ``r+`` or ``c``), the
 #: region's byte offset in the file (``start``, a multiple of
-#: ``mmap.ALLOCATIONGRANULARITY``) and ``length``.
+#: ``mmap.ALLOCATIONGRANULARITY``) and ``length``; for mode ``c``, the
+#: sending process (``pid``) and the ``address`` of its mapping (else 0).
 File = NamedTuple("File", [("dev", int), ("ino", int), ("mode", str), ("path", str),
-                           ("start", int), ("length", int)])
+                           ("start", int), ("length", int), ("pid", int), ("address", int)])
 
 MODES = ("r", "r+", "c")
-_ACCESS = {"r": mmap.ACCESS_READ, "r+": mmap.ACCESS_WRITE, "c": mmap.ACCESS_COPY}
+_PROT = {"r": mmap.PROT_READ, "r+": mmap.PROT_READ | mmap.PROT_WRITE,
+         "c": mmap.PROT_READ | mmap.PROT_WRITE}
 _FLAGS = {"r": os.O_RDONLY, "r+": os.O_RDWR, "c": os.O_RDONLY}
 
 
@@ -55,8 +65,9 @@ def shared(a: object) -> bool:
 def locate(a: object) -> Optional[Tuple[File, int]]:
     """``(file, offset)``: the region of a file that the memmap ``a`` is a view
     of, and the byte offset in the file of ``a``'s first element; None if
-    ``a`` is not a view of a memmap of a named file.  Raises
-    ``FileUnavailable`` if that file was removed or replaced since."""
+    ``a`` is not a view of a memmap of a named file, or is one of mode ``c``
+    that this process wrote to (its values are then its own: sent by value).
+    Raises ``FileUnavailable`` if that file was removed or replaced since."""
     root = _root(a)
     if root is None:
         return None
@@ -70,16 +81,25 @@ def locate(a: object) -> Optional[Tuple[File, int]]:
         raise FileUnavailable(_gone(file, "cannot be found: %s" % e.strerror)) from None
     if (st.st_dev, st.st_ino) != (file.dev, file.ino):
         raise FileUnavailable(_gone(file, "was replaced by another file"))
+    if file.mode == "c":
+        if _written(address, file.length):
+            return None
+        file = file._replace(pid=os.getpid(), address=address)
     return file, file.start + first - address
 
 
 def _root(a: object) -> Optional[np.memmap[Any, Any]]:
-    """The memmap that mapped the file ``a`` is a view of, or None."""
+    """The memmap that mapped the file ``a`` is a view of (or the region
+    ``attach`` mapped), or None."""
     if not isinstance(a, np.ndarray):
         return None
-    base = a.base
-    while isinstance(base, np.ndarray):
-        a, base = base, base.base
+    while "_shmpool_file" not in getattr(a, "__dict__", ()):
+        base = a.base
+        if not isinstance(base, np.ndarray):
+            break
+        a = base
+    else:
+        return a  # type: ignore[return-value]  # (a memmap: only those carry it)
     if (not isinstance(base, mmap.mmap) or not isinstance(a, np.memmap)
             or getattr(a, "filename", None) is None
             or getattr(a, "mode", None) not in ("r", "r+", "w+", "c")):
@@ -96,7 +116,7 @@ def _within(a: npt.NDArray[Any], root: np.memmap[Any, Any]) -> bool:
 def _file_of(root: np.memmap[Any, Any]) -> Tuple[File, int]:
     """The region ``root`` maps and the address of its start, found once (and
     the region entered in this process's mappings, so that views of it that
-    come back land on the same memory)."""
+    come back land on the same memory; never one of mode ``c``, private)."""
     known = root.__dict__.get("_shmpool_file")
     if known is not None:
         return known  # type: ignore[no-any-return]
@@ -106,22 +126,28 @@ def _file_of(root: np.memmap[Any, Any]) -> Tuple[File, int]:
     address = region.__array_interface__["data"][0]
     start = root.offset - (root.__array_interface__["data"][0] - address)
     mode = "r+" if root.mode == "w+" else root.mode
-    file = File(0, 0, mode, os.path.abspath(os.fspath(root.filename)), start, len(mm))
+    file = File(0, 0, mode, os.path.abspath(os.fspath(root.filename)), start, len(mm), 0, 0)
     try:
         st = os.stat(file.path)
     except OSError as e:
         raise FileUnavailable(_gone(file, "cannot be found: %s" % e.strerror)) from None
-    if _unlinked(address):
+    if _unlinked(address, len(mm)):
         raise FileUnavailable(_gone(file, "was removed or replaced after it was mapped"))
     file = file._replace(dev=st.st_dev, ino=st.st_ino)
     root.__dict__["_shmpool_file"] = (file, address)
-    root.__dict__["_shmpool_region"] = _mappings.add(_key(file), _dress(region, file))
+    if mode != "c":
+        root.__dict__["_shmpool_region"] = _mappings.add(_key(file), _dress(region, file))
     return file, address
 
 
-def _bytes(mm: mmap.mmap) -> np.memmap[Any, Any]:
-    """The whole of ``mm`` as a memmap of bytes."""
-    return np.ndarray.__new__(np.memmap, (len(mm),), np.uint8, buffer=mm)
+def _bytes(buffer: Any, writeable: bool = True) -> np.memmap[Any, Any]:
+    """The whole of ``buffer`` (an ``mmap.mmap`` or a mapped ctypes array) as
+    a memmap of bytes."""
+    region: np.memmap[Any, Any] = np.ndarray.__new__(
+        np.memmap, (len(buffer),), np.uint8, buffer=buffer)
+    if not writeable:
+        region.flags.writeable = False
+    return region
 
 
 def _dress(region: np.memmap[Any, Any], file: File) -> np.memmap[Any, Any]:
@@ -133,17 +159,68 @@ def _dress(region: np.memmap[Any, Any], file: File) -> np.memmap[Any, Any]:
     return region
 
 
-def _unlinked(address: int) -> bool:
+def _unlinked(address: int, length: int) -> bool:
     """Whether the file mapped at ``address`` was unlinked (Linux says so in
-    /proc/self/maps; elsewhere, False)."""
+    /proc/self/map_files, or in /proc/self/maps if the mapping was merged
+    with another; elsewhere, False)."""
     if not _compat.LINUX:
         return False
+    end = address + length + -length % mmap.PAGESIZE
+    try:  # (one link: constant cost, however many files are mapped)
+        return os.readlink("/proc/self/map_files/%x-%x" % (address, end)).endswith(" (deleted)")
+    except OSError:
+        pass
     with open("/proc/self/maps", "rb") as f:
         for line in f:
             span = line.split(b" ", 1)[0].split(b"-")
             if int(span[0], 16) <= address < int(span[1], 16):
                 return line.rstrip(b"\n").endswith(b" (deleted)")
     return False
+
+
+_PAGEMAP_MAX = 64 << 20  # bytes of mapping, at most, read from /proc/self/pagemap
+_VMA = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) ", re.M)
+_PRIVATE = re.compile(rb"^(?:Anonymous|Swap): +([0-9]+) kB", re.M)
+
+
+def _written(address: int, length: int) -> bool:
+    """Whether this process's private (``c``) mapping of ``length`` bytes at
+    ``address`` holds a page it wrote to (copied on write: an anonymous
+    page); True where that cannot be told.  Linux says so per page in
+    /proc/self/pagemap (8 bytes a page: read for up to ``_PAGEMAP_MAX``
+    bytes of mapping), and per mapping in /proc/self/smaps (which costs
+    milliseconds, growing with all of this process's mappings)."""
+    if not _compat.LINUX:
+        return True
+    first = address // mmap.PAGESIZE
+    pages = -(-(address + length) // mmap.PAGESIZE) - first
+    try:
+        if length <= _PAGEMAP_MAX:
+            fd = os.open("/proc/self/pagemap", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                entries = os.pread(fd, 8 * pages, 8 * first)
+            finally:
+                os.close(fd)
+            if len(entries) == 8 * pages:
+                flags = np.frombuffer(entries, np.uint64) >> np.uint64(61)
+                # (bit 63: present, 62: swapped, 61: a page of the file)
+                return bool(((flags & np.uint64(5)) == 4).any() or (flags & np.uint64(2)).any())
+        with open("/proc/self/smaps", "rb") as f:
+            smaps = f.read()
+    except OSError:
+        return True
+    vmas = _VMA.finditer(smaps)
+    vma = next(vmas, None)
+    seen = False
+    while vma is not None and int(vma.group(1), 16) < address + length:
+        after = next(vmas, None)
+        if int(vma.group(2), 16) > address:
+            seen = True
+            fields = smaps[vma.end():after.start() if after is not None else len(smaps)]
+            if any(int(kb) for kb in _PRIVATE.findall(fields)):
+                return True
+        vma = after
+    return not seen
 
 
 class _Mappings(object):
@@ -159,8 +236,10 @@ class _Mappings(object):
             ref = self.roots.get(key)
         return ref() if ref is not None else None
 
-    def add(self, key: Tuple[Any, ...], root: np.memmap[Any, Any]) -> np.memmap[Any, Any]:
-        """``root``, or the one another thread entered first."""
+    def add(self, key: Tuple[Any, ...], root: np.memmap[Any, Any],
+            replace: bool = False) -> np.memmap[Any, Any]:
+        """``root``, or the one another thread entered first (unless
+        ``replace``)."""
         roots = self.roots
 
         def forget(ref: weakref.ref[np.memmap[Any, Any]]) -> None:
@@ -170,7 +249,7 @@ class _Mappings(object):
         with self.lock:
             ref = roots.get(key)
             held = ref() if ref is not None else None
-            if held is not None:
+            if held is not None and not replace:
                 return held
             roots[key] = weakref.ref(root, forget)
         return root
@@ -193,9 +272,13 @@ def _key(file: File) -> Tuple[Any, ...]:
 
 def attach(file: File) -> np.memmap[Any, Any]:
     """A memmap of bytes over the region ``file`` names, mapped once in this
-    process.  Raises ``FileUnavailable`` if the file is gone or replaced."""
+    process (mode ``c``: once for each sender's mapping, and again once this
+    process wrote to it).  Raises ``FileUnavailable`` if the file is gone or
+    replaced."""
     root = _mappings.get(_key(file))
-    if root is not None:
+    written = root is not None and file.mode == "c" and _written(
+        root.__array_interface__["data"][0], file.length)
+    if root is not None and not written:
         return root
     if file.mode not in MODES:
         raise FileUnavailable(_gone(file, "has an unknown mode %r" % (file.mode,)))
@@ -207,12 +290,15 @@ def attach(file: File) -> np.memmap[Any, Any]:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (file.dev, file.ino):
             raise FileUnavailable(_gone(file, "was replaced by another file"))
-        mm = mmap.mmap(fd, file.length, access=_ACCESS[file.mode], offset=file.start)
+        private = file.mode == "c"
+        buffer = memory.map_file(fd, file.start, file.length, populate=False if private else None,
+                                 prot=_PROT[file.mode], private=private)
     except (OSError, ValueError) as e:
         raise FileUnavailable(_gone(file, "cannot be mapped here: %s" % (e,))) from None
     finally:
         os.close(fd)
-    return _mappings.add(_key(file), _dress(_bytes(mm), file))
+    region = _dress(_bytes(buffer, writeable=file.mode != "r"), file)
+    return _mappings.add(_key(file), region, replace=written)
 
 
 def _gone(file: File, why: str) -> str:

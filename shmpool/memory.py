@@ -341,8 +341,10 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def map_file(fd: int, offset: int, size: int, owns_fd: bool = False,
-             populate: Optional[bool] = None) -> Buffer:
-    """Map ``size`` bytes of ``fd`` at ``offset`` as a ctypes byte array.
+             populate: Optional[bool] = None,
+             prot: int = mmap.PROT_READ | mmap.PROT_WRITE, private: bool = False) -> Buffer:
+    """Map ``size`` bytes of ``fd`` at ``offset`` as a ctypes byte array
+    (``prot``ected so, ``MAP_PRIVATE`` if ``private``, else ``MAP_SHARED``).
 
     Unlike ``mmap.mmap`` (before 3.13) this keeps no duplicate descriptor, so a
     process can hold thousands of blocks.  The mapping is undone, and with
@@ -351,13 +353,16 @@ def map_file(fd: int, offset: int, size: int, owns_fd: bool = False,
     With ``populate`` (by default: when the file is in /dev/shm, unless
     ``populate_mappings(False)`` was called) the page
     tables are filled now (``MAP_POPULATE``), at a few hundredths of a second
-    per GiB, instead of by page faults at first touch."""
+    per GiB, instead of by page faults at first touch (never for a
+    ``private`` mapping: populating it writable would copy every page)."""
     start = offset - offset % mmap.ALLOCATIONGRANULARITY
     length = max(offset - start + size, 1)
     if populate is None:
         populate = _populate_mapped[0] and _in_memory(fd)
-    flags = mmap.MAP_SHARED | (_compat.MAP_POPULATE if populate else 0)
-    address = _libc.mmap(None, length, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, start)
+    populate = populate and not private
+    flags = ((mmap.MAP_PRIVATE if private else mmap.MAP_SHARED)
+             | (_compat.MAP_POPULATE if populate else 0))
+    address = _libc.mmap(None, length, prot, flags, fd, start)
     if address in (None, _MAP_FAILED):
         e = ctypes.get_errno()
         if e == errno.ENOMEM:

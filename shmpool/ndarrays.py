@@ -179,7 +179,8 @@ def shared_mapping(
         arrays: Optional[Mapping[str, npt.NDArray[Any]]]) -> Dict[str, npt.NDArray[Any]]:
     """``arrays=`` of a pool or executor, checked, with each array on shared
     memory: already there, or a view of a memmap (shared by its file, in any
-    mode), as it is; else copied once, a Fortran-order array in Fortran order.
+    mode; of mode ``c``, unless this process wrote to it), as it is; else
+    copied once, a Fortran-order array in Fortran order.
     A failure leaves nothing allocated behind."""
     shared: Dict[str, npt.NDArray[Any]] = {}
     for name, a in checked_items(arrays):

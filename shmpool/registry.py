@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple, cast
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, cast
 
 import numpy as np
 
@@ -40,6 +40,9 @@ class Registry(object):
 
     def __init__(self) -> None:
         self._make(CAPACITY)
+        # name -> (array, table entry) as last published: an array published
+        # before is not referenced again (its memmap's file may be gone since).
+        self._entries: Dict[str, Tuple[npt.NDArray[Any], List[Any]]] = {}
 
     def _make(self, capacity: int) -> None:
         self.block = ndarrays.zeros(_HEAD + capacity, np.uint8)
@@ -49,8 +52,12 @@ class Registry(object):
         """Make ``arrays`` (name -> shared ndarray) what every worker sees.
         The first table sizes the block (no worker has it yet): twice its
         size, for arrays shared later."""
-        payload = json.dumps([_encode(name, cast("reduction.Reference", reduction.reference(a)))
-                              for name, a in arrays.items()]).encode()
+        entries = {}
+        for name, a in arrays.items():
+            known = self._entries.get(name)
+            entries[name] = known if known is not None and known[0] is a else (
+                a, _encode(name, cast("reduction.Reference", reduction.reference(a))))
+        payload = json.dumps([entry for _, entry in entries.values()]).encode()
         capacity = self.block.size - _HEAD
         if len(payload) > capacity and int(self.version[0]) == 0:
             self._make(2 * len(payload))
@@ -63,7 +70,7 @@ class Registry(object):
         self.block[_HEAD:_HEAD + len(payload)] = np.frombuffer(payload, np.uint8)
         self.version[1] = len(payload)
         self.version[0] = v + 2
-
+        self._entries = entries
 
 
 def carried(arrays: Mapping[str, npt.NDArray[Any]]) -> Dict[str, npt.NDArray[Any]]:
@@ -81,6 +88,7 @@ class View(object):
         self.version = memoryview(self.block[:_HEAD].view(np.int64))  # quick to read
         self.seen = -1
         self.target = target  # the worker's ArrayMap
+        self.refs: Dict[str, reduction.Reference] = {}  # what each array was rebuilt from
         self.lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -100,6 +108,7 @@ class View(object):
                     break
             current = self.target._arrays
             arrays: Dict[str, npt.NDArray[Any]] = {}
+            refs: Dict[str, reduction.Reference] = {}
             try:
                 entries = json.loads(payload.decode())
             except ValueError:
@@ -113,28 +122,33 @@ class View(object):
                 except (TypeError, ValueError, KeyError, LookupError):
                     continue  # not a table the parent wrote
                 old = current.get(name)
-                if old is not None and _same(old, ref):
+                if old is not None and _same(old, self.refs.get(name), ref):
                     arrays[name] = old
+                    refs[name] = ref
                     continue
                 try:  # not tolerant here: a reference is rebuilt, or raises
                     # (no descriptor kept: the parent holds the array while shared)
                     arrays[name] = cast("npt.NDArray[Any]", reduction.rebuild(*ref, keep_fd=False))
+                    refs[name] = ref
                 except Exception as e:  # the name is left out, and why said
                     warnings.warn("shmpool: shared array %r is left out of shmpool.arrays "
                                   "in process %d: %s" % (name, os.getpid(), e),
                                   RuntimeWarning, stacklevel=2)
             self.target._arrays = arrays
+            self.refs = refs
             self.seen = v
 
 
-def _same(old: npt.NDArray[Any], b: reduction.Reference) -> bool:
-    """Whether ``old`` is the view ``b`` refers to, of the same block (from
-    whichever process each names as the block's source) or file region."""
+def _same(old: npt.NDArray[Any], was: Optional[reduction.Reference],
+          b: reduction.Reference) -> bool:
+    """Whether ``old``, rebuilt from ``was`` (None: carried to this worker), is
+    the view ``b`` refers to, of the same block (from whichever process each
+    names as the block's source) or file region."""
     try:
-        a = cast("reduction.Reference", reduction.reference(old))
+        a = was if was is not None else reduction.reference(old)
     except blocks.BlockUnavailable:  # (its file is gone: rebuilding says so)
         return False
-    return a[0][:3] == b[0][:3] and a[1:7] == b[1:7]
+    return a is not None and a[0][:3] == b[0][:3] and a[1:7] == b[1:7]
 
 
 def _encode(name: str, ref: reduction.Reference) -> List[Any]:
@@ -162,7 +176,8 @@ def _decode(entry: List[Any]) -> Tuple[str, reduction.Reference]:
 
 def _file(code: Dict[str, Any]) -> memmaps.File:
     file = memmaps.File(**code)
-    if (not all(type(getattr(file, f)) is int for f in ("dev", "ino", "start", "length"))
+    if (not all(type(getattr(file, f)) is int
+                for f in ("dev", "ino", "start", "length", "pid", "address"))
             or file.mode not in memmaps.MODES or not isinstance(file.path, str)):
         raise TypeError("not a file reference")
     return file

@@ -67,6 +67,28 @@ def mappings_of(args):
         return sum(1 for line in f if line.rstrip("\n").endswith(" " + path))
 
 
+def total(a):
+    return float(a.sum())
+
+
+def write_first(pair):
+    """Write 9 to the first view, return the second's values."""
+    a, b = pair
+    a[...] = 9
+    return b.tolist()
+
+
+def names(_):
+    return sorted(shmpool.arrays)
+
+
+def count_and_fds(_):
+    """How many arrays this worker maps for the pool, the sum of them all,
+    and its open descriptors."""
+    arrays = shmpool.arrays
+    return len(arrays), sum(float(arrays[n].sum()) for n in arrays), len(os.listdir("/proc/self/fd"))
+
+
 def wait_for(path):
     deadline = time.monotonic() + 30
     while not os.path.exists(path) and time.monotonic() < deadline:
@@ -239,3 +261,84 @@ class MemmapCases(StartMethodCases):
             f.seek(size // 2)
             assert f.read(1) == bytes([(size // 2 + 1) % 256])
         assert m[0] == 1 and m[-1] == size % 256
+
+    def test_mode_c_travels_by_value_once_written_and_never_aliases(self, tmp_path):
+        path = str(tmp_path / "cw.f8")
+        m = memmap(path, np.float64, "c", (1000,))
+        m[:] = 5.0  # private writes: the file holds zeros
+        m1 = np.memmap(path, np.float64, "c", shape=(1000,))
+        m1[:] = 1.0
+        m2 = np.memmap(path, np.float64, "c", shape=(1000,))
+        m2[:] = 2.0
+        with self.pool(1) as pool:
+            assert pool.apply(total, (m,)) == 5000.0  # the sender's values, not the file's
+            pool.apply(total, (m1[:10],))
+            back = pool.apply(same, (m2[:10],))
+            assert back.tolist() == [2.0] * 10
+            assert not np.shares_memory(back, m) and not np.shares_memory(back, m1)
+        with self.pool(1, arrays={"m": m}) as pool:  # a written one is copied, as any array
+            assert pool.arrays["m"] is not m and shmpool.is_shared(pool.arrays["m"])
+            assert pool.apply(read, ("m",)) == [5.0] * 1000
+        assert np.fromfile(path, np.float64).tolist() == [0.0] * 1000
+
+    def test_mode_c_unwritten_is_mapped_privately_per_sender_mapping(self, tmp_path,
+                                                                       monkeypatch):
+        monkeypatch.setattr(memmaps, "_PAGEMAP_MAX", 0)  # the parent reads smaps instead
+        path = str(tmp_path / "cc.i4")
+        with self.pool(1) as pool:
+            a = memmap(path, np.int32, "c", (6,), values=np.arange(6))  # (not inherited)
+            b = np.memmap(path, np.int32, "c", shape=(6,))  # the same region, unwritten
+            assert pool.apply(mappings_of, ((path, a[1:]),)) == 1  # by its file: no copy
+            assert pool.apply(write_first, ((a, b),)) == [0, 1, 2, 3, 4, 5]
+            back = pool.apply(fill, (a[2:], 7))  # written in the worker: its values come back
+            assert back.tolist() == [7] * 4 and not np.shares_memory(back, a)
+        assert a.tolist() == b.tolist() == [0, 1, 2, 3, 4, 5]
+        assert np.fromfile(path, np.int32).tolist() == [0, 1, 2, 3, 4, 5]
+        assert memmaps.locate(b) is not None
+        b[5] = -1
+        assert memmaps.locate(b) is None  # written: by value from now on
+
+    def test_share_and_unshare_after_a_shared_memmaps_file_is_removed(self, tmp_path):
+        path = tmp_path / "removed.f8"
+        m = memmap(path, np.float64, "r+", (10,), values=np.full(10, 2.0))
+        with self.pool(1, arrays={"m": m}) as pool:
+            assert pool.apply(read, ("m",)) == [2.0] * 10
+            os.remove(str(path))
+            pool.share("x", np.arange(3.0))
+            assert pool.apply(names, (0,)) == ["m", "x"]
+            assert pool.apply(read, ("m",)) == [2.0] * 10  # the worker keeps its mapping
+            pool.unshare("m")
+            assert pool.apply(names, (0,)) == ["x"]
+
+    def test_a_worker_keeps_no_descriptor_per_memmap_region(self, tmp_path):
+        path = str(tmp_path / "regions.f8")
+        n = 150
+        np.ones(512 * n).tofile(path)
+        ms = [np.memmap(path, np.float64, ("r", "r+", "c")[i % 3], 4096 * i, (16,))
+              for i in range(n)]
+        with self.pool(1) as pool:
+            fds = pool.apply(count_and_fds, (0,))[2]
+            for i, m in enumerate(ms):
+                pool.share("m%d" % i, m)
+            got = pool.apply(count_and_fds, (0,))
+        assert got[:2] == (n, 16.0 * n)
+        assert got[2] - fds < 10, (fds, got)
+
+    def test_first_send_reads_no_process_wide_table(self, tmp_path, monkeypatch):
+        path = str(tmp_path / "first.f8")
+        np.zeros(512 * 100).tofile(path)
+        ms = [np.memmap(path, np.float64, "r+", 4096 * i, (16,)) for i in range(100)]
+        opened = []
+
+        def counting_open(name, *args, **kwds):
+            opened.append(name)
+            return open(name, *args, **kwds)
+
+        monkeypatch.setattr(memmaps, "open", counting_open, raising=False)
+        for m in ms:
+            ForkingPickler.dumps(m)
+        replaced = np.memmap(str(tmp_path / "swapped.f8"), np.float64, "w+", shape=(4,))
+        os.replace(path, str(tmp_path / "swapped.f8"))  # before it was ever sent
+        with pytest.raises(memmaps.FileUnavailable, match="removed or replaced"):
+            ForkingPickler.dumps(replaced)
+        assert "/proc/self/maps" not in opened and "/proc/self/smaps" not in opened
