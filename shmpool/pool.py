@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
+import operator
 import threading
 from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
@@ -377,7 +378,7 @@ class SharedArrayPool(_Pool):
                   desc: str, task_timeout: Optional[float]) -> Iterator[_T]:
         results = self._limited(
             lambda f: _buffered(imap, f, iterable, chunksize, buffersize),
-            func, task_timeout, desc, chunksize if isinstance(chunksize, int) else 0)
+            func, task_timeout, desc, _size(chunksize))
         if not progress_spec:
             return results
         total = len(cast("Sized", iterable)) if hasattr(iterable, "__len__") else None
@@ -413,6 +414,15 @@ def _buffered(imap: Callable[..., Iterator[_T]], func: Callable[..., _T],
     if chunksize == 1:
         return result
     return (item for chunk in cast("Iterator[List[_T]]", result) for item in chunk)
+
+
+def _size(chunksize: Optional[int]) -> int:
+    """An imap's ``chunksize`` as ``timeouts.Timed`` takes it: any integer
+    Pool takes (a numpy one too), else 0."""
+    try:
+        return operator.index(chunksize)  # type: ignore[arg-type]  # None: TypeError
+    except TypeError:
+        return 0
 
 
 def _name(func: Callable[..., Any]) -> str:

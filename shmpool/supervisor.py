@@ -140,7 +140,7 @@ class Supervisor(object):
             return func
         serial = next(self._serials)
         self.calls[serial] = (what, seconds)
-        return timeouts.Timed(func, int(seconds * 1e9), serial, chunksize)
+        return timeouts.Timed(func, timeouts.nanoseconds(seconds), serial, chunksize)
 
     def keep(self, func: Callable[..., Any], result: Optional[object]) -> None:
         """Keep what ``limit`` recorded for ``func`` while ``result`` (a

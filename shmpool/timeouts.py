@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional, Tuple, Type
 from . import protocol
 from .protocol import CALL, DEADLINE, INDEX, ITEM
 
+_NEVER = 2 ** 63 - 1  # the latest deadline the int64 slot holds: a limit beyond it is none
+
 
 class TaskTimeout(multiprocessing.TimeoutError):
     """A task ran longer than its ``task_timeout``: its worker (``pid``) was
@@ -51,6 +53,11 @@ def checked(seconds: object) -> Optional[float]:
     return value
 
 
+def nanoseconds(seconds: float) -> int:
+    """A checked limit in ns (one beyond the latest deadline, as good as none)."""
+    return int(min(seconds, _NEVER / 1e9) * 1e9)
+
+
 class Timed(object):
     """The user's ``func`` with a limit of ``limit`` ns on each call, as a
     worker runs it: each call records its deadline, the call it belongs to
@@ -75,7 +82,7 @@ class Timed(object):
         status[ITEM] = (status[INDEX] * self.chunksize + self.count if self.chunksize
                         else -1)
         self.count += 1
-        status[DEADLINE] = time.monotonic_ns() + self.limit
+        status[DEADLINE] = min(time.monotonic_ns() + self.limit, _NEVER)
         try:
             return self.func(*args, **kwds)
         finally:

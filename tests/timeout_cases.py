@@ -182,6 +182,22 @@ class TimeoutCases(StartMethodCases):
             assert not pool._supervisor.calls
             assert pool.apply(add, (1, 2), task_timeout=np.float32(5)) == 3
 
+    def test_a_huge_limit_is_no_limit(self):
+        # (regression) monotonic_ns() + the limit overflowed the int64 slot
+        # past ~9.2e9 s: every task failed with a memoryview ValueError.
+        with self.pool(1, task_timeout=2 ** 40) as pool:
+            assert pool.map(square, range(4), chunksize=1) == [0, 1, 4, 9]
+            assert pool.apply(add, (1, 2), task_timeout=1e300) == 3
+
+    @pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+    def test_a_numpy_chunksize_names_the_item(self, method):
+        # (regression) a numpy integer chunksize, which Pool takes, gave item=None.
+        with self.pool(2) as pool:
+            results = _drain(getattr(pool, method)(slow_at, range(6), np.int64(1),
+                                                   task_timeout=0.5))
+            failed = [r for r in results if isinstance(r, TaskTimeout)]
+            assert len(failed) == 1 and failed[0].item == 3, results
+
     def test_retired_workers_and_limits(self):
         with self.pool(2, maxtasksperchild=1, task_timeout=5) as pool:
             assert pool.map(square, range(10), chunksize=1) == [i * i for i in range(10)]
