@@ -12,13 +12,13 @@ from __future__ import annotations
 import sys
 import time
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional,
-                    TextIO, Union, cast)
+                    TextIO, TypeVar, Union, cast)
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from multiprocessing import pool as _mp_pool
-    from typing import Protocol, TypeVar
-
-    _T = TypeVar("_T")
+    from typing import Protocol
 
     class Bar(Protocol):
         """A progress bar, as a ``progress=`` callable returns it (tqdm's do)."""
@@ -72,13 +72,48 @@ def wait(result: MapResult[_T], total: int, spec: ProgressSpec, desc: str) -> Li
 def iterate(results: Iterable[_T], total: Optional[int], spec: ProgressSpec,
             desc: str) -> Iterator[_T]:
     """Yield from an imap iterator, updating a bar for each result."""
-    progress = bar(spec, total, desc)
-    try:
-        for value in results:
-            progress.update(1)
-            yield value
-    finally:
-        progress.close()
+    return _Iterated(results, total, spec, desc)
+
+
+class _Iterated(Iterator[_T]):
+    """What ``iterate`` returns: a failed item raises its error and counts,
+    and the next items follow, as from the imap iterator itself (a generator
+    would end at the first error).  The bar is made at the first item and
+    closed at the end, or when this is dropped."""
+
+    def __init__(self, results: Iterable[_T], total: Optional[int], spec: ProgressSpec,
+                 desc: str) -> None:
+        self._results, self._bar_args = iter(results), (spec, total, desc)
+        self._bar: Optional[Bar] = None
+        self._ended = False
+
+    def __next__(self) -> _T:
+        if self._ended:
+            raise StopIteration
+        if self._bar is None:
+            self._bar = bar(*self._bar_args)
+        try:
+            value = next(self._results)
+        except Exception as e:
+            if isinstance(e, StopIteration):
+                self.close()
+            else:
+                self._bar.update(1)
+            raise
+        except BaseException:
+            self.close()  # (Ctrl-C) as a generator would
+            raise
+        self._bar.update(1)
+        return value
+
+    def close(self) -> None:
+        if not self._ended:
+            self._ended = True
+            if self._bar is not None:
+                self._bar.close()
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class Counter(object):

@@ -62,6 +62,24 @@ def times(a, b):
     return a * b
 
 
+def fails_at_2(i):
+    if i == 2:
+        raise ValueError("item 2")
+    return i
+
+
+def _drain(iterator):
+    """Every value of ``iterator``, an exception's class name standing for a failed one."""
+    out = []
+    while True:
+        try:
+            out.append(next(iterator))
+        except StopIteration:
+            return out
+        except Exception as e:
+            out.append(type(e).__name__)
+
+
 class Recorder(object):
     """A tqdm-style progress bar that remembers what it was told."""
 
@@ -208,6 +226,20 @@ class FeatureCases(StartMethodCases):
             (100, 100, True), (30, 30, True), (20, 20, True), (20, 20, True)]
         assert [r.desc for r in Recorder.made] == ["map", "starmap", "imap",
                                                    "imap_unordered"]
+
+    @pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+    def test_progress_keeps_the_results_after_a_failed_item(self, method):
+        # (regression) progress= ended the iteration at the first failed item
+        # (a generator that raised), so the other results were lost.
+        Recorder.made = []
+        with self.pool(2) as pool:
+            plain = _drain(getattr(pool, method)(fails_at_2, range(6)))
+            barred = _drain(getattr(pool, method)(fails_at_2, range(6), progress=Recorder))
+        assert sorted(map(str, barred)) == sorted(map(str, plain)) and len(plain) == 6
+        if method == "imap":
+            assert barred == [0, 1, "ValueError", 3, 4, 5]
+        (bar,) = Recorder.made
+        assert (bar.total, bar.n, bar.closed) == (6, 6, True)
 
     def test_progress_counter_without_tqdm(self, capfd, monkeypatch):
         monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if not installed
