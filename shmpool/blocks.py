@@ -33,6 +33,7 @@ import os
 import stat
 import struct
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, NamedTuple, Optional, Tuple, cast
 
@@ -335,6 +336,9 @@ def _open_sources_fd(name: Name, passing: bool = False) -> int:
                 if e.errno != errno.EMFILE or attempt or not _compat.raise_fd_limit():
                     raise
     except OSError as e:
+        salvaged = _open_salvaged(name) if e.errno not in (errno.EMFILE, errno.ENFILE) else None
+        if salvaged is not None:
+            return salvaged
         if e.errno in (errno.EMFILE, errno.ENFILE):
             raise BlockUnavailable(_gone(name, "cannot be %s here: %s (%s)" % (
                 "passed on" if passing else "mapped", os.strerror(e.errno),
@@ -346,6 +350,61 @@ def _open_sources_fd(name: Name, passing: bool = False) -> int:
     if not _is_file_of(os.fstat(fd), name):  # (replaced between stat and open)
         os.close(fd)
         raise BlockUnavailable(_gone(name, "was freed by process %d" % name.source, passing))
+    return fd
+
+
+#: Descriptors of a killed process's files, taken while it was stopped, by
+#: (its pid, its descriptor): (ours, when to let go).
+_salvaged: Dict[Tuple[int, int], Tuple[int, float]] = {}
+_SALVAGE_SECONDS = 30.0
+
+
+def salvage(pid: int) -> None:
+    """Before stopped process ``pid`` is killed, keep a descriptor of each
+    shared file it made for a while: the references it sent and that are
+    still unread (a result in the pipe) can then be mapped after its death.
+    (Those it did not make are held by their makers, or by this process.)"""
+    expiry = time.monotonic() + _SALVAGE_SECONDS
+    made = "%s%d-" % (memory.PREFIX, pid)
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return
+    for fd in fds:
+        path = "/proc/%d/fd/%s" % (pid, fd)
+        try:
+            if not os.path.basename(os.readlink(path)).startswith(made):
+                continue
+            ours = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        with _table.lock:
+            old = _salvaged.pop((pid, int(fd)), None)
+            _salvaged[(pid, int(fd))] = (ours, expiry)
+        if old is not None:
+            os.close(old[0])
+    release_salvaged()
+
+
+def release_salvaged(everything: bool = False) -> None:
+    """Let go of the salvaged descriptors whose time is up (or of all)."""
+    now = time.monotonic()
+    with _table.lock:
+        done = [key for key, (_, expiry) in _salvaged.items() if everything or expiry < now]
+        fds = [_salvaged.pop(key)[0] for key in done]
+    for fd in fds:
+        os.close(fd)
+
+
+def _open_salvaged(name: Name) -> Optional[int]:
+    with _table.lock:
+        kept = _salvaged.get((name.source, name.fd))
+        if kept is None:
+            return None
+        fd = os.dup(kept[0])
+    if not _is_file_of(os.fstat(fd), name):
+        os.close(fd)
+        return None
     return fd
 
 

@@ -53,6 +53,8 @@ SMALL = 4 << 10
 ARENA = 64 << 10
 
 _SHM_DIR = "/dev/shm"
+#: How the names of shared files start (as those of ``multiprocessing.heap``).
+PREFIX = "pym-"
 
 
 class SharedMemoryWarning(RuntimeWarning):
@@ -266,7 +268,7 @@ def _unlinked_file(directory: str) -> int:
     # Named as CPython's heap names its arenas; gone from the directory at once.
     for attempt in (0, 1):
         try:
-            fd, name = tempfile.mkstemp(prefix="pym-%d-" % os.getpid(), dir=directory)
+            fd, name = tempfile.mkstemp(prefix="%s%d-" % (PREFIX, os.getpid()), dir=directory)
         except OSError as e:
             if e.errno == errno.EMFILE and not attempt and _compat.raise_fd_limit():
                 continue

@@ -29,7 +29,9 @@ The same thread kills, with SIGKILL, a worker whose status shows a limited
 function running past its deadline: it is stopped (SIGSTOP) first, its status
 read again, and only if it is still running that same call is it killed
 (else it continues), so a worker that finished the call meanwhile, and may be
-writing its result, is never killed.
+writing its result, is never killed.  Before the kill the supervisor takes a
+descriptor of each of its shared files (``blocks.salvage``), so that results
+it sent and the parent has not read yet still arrive.
 
 A restart kills every worker, puts fresh pipes into the pool's queues (see
 ``queues``), and has the result thread fail the calls that were in flight;
@@ -52,7 +54,7 @@ from multiprocessing import pool as _mp_pool
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Set,
                     Tuple, Type, cast)
 
-from . import _compat, inflight, timeouts
+from . import _compat, blocks, inflight, timeouts
 from .protocol import (CALL, DEADLINE, ERROR, ITEM, LOCKED, READING, RECEIVED, RUNNING,
                        SENDING, SENT, STARTING, STATE, WAITING, new_status, recorded_error)
 
@@ -211,6 +213,7 @@ class Supervisor(object):
                 self._fail_new_calls(pool)
             if self.calls:
                 self._kill_expired()
+            blocks.release_salvaged()
             # Those sure to hold a lock first: they release it, so that the
             # others' locks are not taken for orphaned.
             ended.sort(key=lambda ps: int(ps[1][STATE]) in (WAITING, RECEIVED, RUNNING))
@@ -256,7 +259,8 @@ class Supervisor(object):
         now = time.monotonic_ns()
         with self.changed:
             due = [(p, s, int(s[DEADLINE])) for p, s in self.workers.items()
-                   if p not in self._expired and p._popen is not None]
+                   if p not in self._expired and p._popen is not None
+                   and p._popen.returncode is None]  # (a reaped pid may be reused)
         for p, status, deadline in due:
             if not 0 < deadline < now or status[STATE] != RUNNING:
                 continue
@@ -268,6 +272,7 @@ class Supervisor(object):
                 if status[STATE] == RUNNING and status[DEADLINE] == deadline:
                     self._expired[p] = self._timeout(p.pid, int(status[CALL]),
                                                      int(status[ITEM]))
+                    blocks.salvage(p.pid)  # (its results still in the pipe can arrive)
                     p.kill()
                     killed = True
             finally:

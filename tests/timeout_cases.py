@@ -39,6 +39,19 @@ def total(name):
     return float(shmpool.arrays[name].sum())
 
 
+def made_then_hang(i):
+    """Item 1 hangs; the others return an array made in the worker."""
+    if i == 1:
+        time.sleep(60)
+    a = shmpool.zeros(1000)
+    a[:] = i + 7
+    return a
+
+
+def slow_callback(_):
+    time.sleep(2)
+
+
 def _next_or_error(iterator):
     try:
         return next(iterator)
@@ -135,6 +148,17 @@ class TimeoutCases(StartMethodCases):
                 assert results.index(failed[0]) == 3
             assert other.get(10) > 0
             assert pool.map(square, range(6), chunksize=1) == [i * i for i in range(6)]
+
+    def test_results_sent_before_the_kill_arrive(self):
+        # The result thread is busy (a slow callback) when the worker is killed:
+        # item 0's array, made by the killed worker, is still in the pipe.
+        with self.pool(1) as pool:
+            other = pool.apply_async(square, (3,), callback=slow_callback)
+            results = _drain(pool.imap(made_then_hang, range(3), task_timeout=0.3))
+            assert other.get(10) == 9
+        assert isinstance(results[1], TaskTimeout), results
+        assert isinstance(results[0], np.ndarray) and results[0].tolist() == [7] * 1000
+        assert isinstance(results[2], np.ndarray) and results[2].tolist() == [9] * 1000
 
     def test_chunked_imap_raises_at_the_chunk(self):
         with self.pool(2) as pool:
