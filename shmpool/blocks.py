@@ -396,6 +396,17 @@ def release_salvaged(everything: bool = False) -> None:
         os.close(fd)
 
 
+def _forget_salvaged() -> None:
+    """In a forked child: the descriptors are its parent's business."""
+    for fd, _ in _salvaged.values():
+        os.close(fd)
+    _salvaged.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_salvaged)
+
+
 def _open_salvaged(name: Name) -> Optional[int]:
     with _table.lock:
         kept = _salvaged.get((name.source, name.fd))
