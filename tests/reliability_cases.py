@@ -566,7 +566,6 @@ class ReliabilityCases(StartMethodCases):
             shared = run(self.pool)
         finally:
             gc.enable()
-        print("FDS", shared, plain)
         assert all(s <= p + 10 for s, p in zip(shared, plain)), (shared, plain)
 
     # A parent whose name is not UTF-8 (nor free of ")") is watched all the same.
