@@ -200,12 +200,7 @@ class Supervisor(object):
                     self.start_deaths = 0  # a worker got through its start-up
             if self.broken is not None:
                 self._fail_new_calls(pool)
-            # Those sure to hold a lock first: they release it, so that the
-            # others' locks are not taken for orphaned.
-            ended.sort(key=lambda e: int(e.status[STATE]) in (WAITING, RECEIVED, RUNNING))
-            for worker in ended:
-                if self._ended(pool, worker):
-                    break  # restarted: the others were old workers
+            self._answer(pool, ended)
             del pool, ended  # (not kept while waiting)
 
     def _stopped(self) -> bool:
@@ -213,6 +208,14 @@ class Supervisor(object):
         self._wake.wait(_POLL)
         self._wake.clear()
         return self._stopping.is_set()
+
+    def _answer(self, pool: SharedArrayPool, ended: List[Ended]) -> None:
+        # Those sure to hold a lock first: they release it, so that the
+        # others' locks are not taken for orphaned.
+        ended.sort(key=lambda e: int(e.status[STATE]) in (WAITING, RECEIVED, RUNNING))
+        for worker in ended:
+            if self._ended(pool, worker):
+                break  # restarted: the others were old workers
 
     def _ended(self, pool: SharedArrayPool, worker: Ended) -> bool:
         """Answer for a worker that ended; True if the pool restarted."""
