@@ -24,6 +24,10 @@ second and, from the dead worker's last status:
                               worker's error, and no more workers are made
 
 Workers retired by ``maxtasksperchild`` exit idle, so they are not deaths.
+An ended worker is let go of as soon as Pool has reaped it (Pool makes its
+replacement next, here): the monitor keeps only its pid, exit code and status
+block, and is woken to answer for it, so a worker's pipes and status block
+live no longer than under a plain Pool, however fast workers are replaced.
 
 The same thread kills, with SIGKILL, a worker whose status shows a limited
 function running past its deadline: it is stopped (SIGSTOP) first, its status
@@ -51,8 +55,8 @@ import traceback
 import time
 import weakref
 from multiprocessing import pool as _mp_pool
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, Optional, Set,
-                    Tuple, Type, cast)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
+                    NamedTuple, Optional, Set, Tuple, Type, cast)
 
 from . import _compat, blocks, inflight, timeouts
 from .protocol import (CALL, DEADLINE, ERROR, ITEM, LOCKED, READING, RECEIVED, RUNNING,
@@ -97,6 +101,11 @@ if TYPE_CHECKING:
 _POLL = 0.1
 _START_DEATHS = 2  # deaths in a row before any task that break the pool
 
+#: What the monitor keeps of a worker that ended: not its Process, whose
+#: Popen holds the worker's pipes.
+Ended = NamedTuple("Ended", [("pid", int), ("code", Optional[int]),
+                             ("status", "npt.NDArray[np.int64]")])
+
 
 class WorkerDied(RuntimeError):
     """A pool worker died (signal, ``os._exit``, out of memory) during a task."""
@@ -117,7 +126,9 @@ class Supervisor(object):
                  inherited: Optional[ArrayMap] = None) -> None:
         self.ctx = ctx
         self.workers: Dict[Worker, npt.NDArray[np.int64]] = {}  # Process -> status
-        self.changed = threading.Condition()  # guards workers and restarting
+        self.ended: List[Ended] = []  # workers reaped, not yet answered for
+        self.changed = threading.Condition()  # guards workers, ended and restarting
+        self._wake = threading.Event()  # a worker ended, or stop()
         self.restarting = False
         self.pool: Optional[weakref.ref[SharedArrayPool]] = None
         # The pool's arrays, which a forked worker inherits (weakly: a worker's
@@ -127,10 +138,10 @@ class Supervisor(object):
         self.broken: Optional[WorkerDied] = None
         self._failed: Set[int] = set()  # jobs failed since the pool broke
         # Calls with a time limit: serial -> (what, seconds); and the error of
-        # each worker killed past its deadline.
+        # each worker (by pid) killed past its deadline.
         self.calls: Dict[int, Tuple[str, float]] = {}
         self._serials = itertools.count(1)
-        self._expired: Dict[Worker, timeouts.TaskTimeout] = {}
+        self._expired: Dict[int, timeouts.TaskTimeout] = {}
 
     def limit(self, func: Callable[..., Any], seconds: Optional[float], what: str,
               chunksize: int = 0) -> Callable[..., Any]:
@@ -166,6 +177,7 @@ class Supervisor(object):
         # they are to live as long as the pool (not retired by maxtasksperchild).
         args[3] = tuple(initargs[:-1]) + (status, self.pool is None and args[4] is None)
         kwds = dict(kwds, args=tuple(args))
+        self._take_ended()  # (Pool has just reaped the worker this one replaces)
         with self.changed:
             while self.restarting or (self.broken is not None and self._running()):
                 self.changed.wait(_POLL)
@@ -177,6 +189,18 @@ class Supervisor(object):
                 p.shmpool_inherited = self.inherited  # type: ignore[attr-defined]
             self.workers[p] = status
         return p
+
+    def _take_ended(self) -> None:
+        """Move the workers that Pool has reaped from ``workers`` to ``ended``
+        (dropping their Process objects), and wake the monitor for them."""
+        with self.changed:
+            gone = [(p, s) for p, s in self.workers.items()
+                    if p._popen is not None and p._popen.returncode is not None]
+            for p, status in gone:
+                del self.workers[p]
+                self.ended.append(Ended(p.pid, p._popen.returncode, status))
+        if gone:
+            self._wake.set()
 
     def _running(self) -> bool:
         pool = self.pool() if self.pool is not None else None
@@ -191,22 +215,25 @@ class Supervisor(object):
 
     def stop(self) -> None:
         """End the monitor thread (the pool has been joined or terminated:
-        no worker is left to answer for), and wait for it."""
+        no worker is left to answer for), wait for it, and let go of the
+        workers' status blocks (Pool keeps its last workers' Process objects)."""
         self._stopping.set()
+        self._wake.set()
         if self.thread is not threading.current_thread():
             self.thread.join()
+        with self.changed:
+            self.workers.clear()
+            del self.ended[:]
 
     def _watch(self) -> None:
-        while not self._stopping.wait(_POLL):
+        while not self._stopped():
             inflight.release(force=False)  # (what the pool's calls sent and were taken)
             pool = cast("weakref.ref[SharedArrayPool]", self.pool)()  # start() set it
             if pool is None or pool._state == _mp_pool.TERMINATE:
                 return
+            self._take_ended()  # (those Pool reaped but has not replaced yet)
             with self.changed:
-                ended = [(p, s) for p, s in self.workers.items()
-                         if p._popen is not None and p._popen.returncode is not None]
-                for p, _ in ended:
-                    del self.workers[p]
+                ended, self.ended = self.ended, []
                 if any(s[STATE] != STARTING for s in self.workers.values()):
                     self.start_deaths = 0  # a worker got through its start-up
             if self.broken is not None:
@@ -214,23 +241,31 @@ class Supervisor(object):
             if self.calls:
                 self._kill_expired()
             blocks.release_salvaged()
-            # Those sure to hold a lock first: they release it, so that the
-            # others' locks are not taken for orphaned.
-            ended.sort(key=lambda ps: int(ps[1][STATE]) in (WAITING, RECEIVED, RUNNING))
-            for p, status in ended:
-                if self._ended(pool, p, status):
-                    break  # restarted: the others were old workers
-            del pool
+            self._answer(pool, ended)
+            del pool, ended  # (not kept while waiting)
 
-    def _ended(self, pool: SharedArrayPool, p: Worker,
-               status: npt.NDArray[np.int64]) -> bool:
+    def _stopped(self) -> bool:
+        """Wait for a worker to end, or a tick; whether stop() was called."""
+        self._wake.wait(_POLL)
+        self._wake.clear()
+        return self._stopping.is_set()
+
+    def _answer(self, pool: SharedArrayPool, ended: List[Ended]) -> None:
+        # Those sure to hold a lock first: they release it, so that the
+        # others' locks are not taken for orphaned.
+        ended.sort(key=lambda e: int(e.status[STATE]) in (WAITING, RECEIVED, RUNNING))
+        for worker in ended:
+            if self._ended(pool, worker):
+                break  # restarted: the others were old workers
+
+    def _ended(self, pool: SharedArrayPool, worker: Ended) -> bool:
         """Answer for a worker that ended; True if the pool restarted."""
         # returncode is read, never polled: Pool's own thread reaps the worker,
         # and two pollers of one forkserver child would race for its status.
+        status, pid, code = worker.status, worker.pid, worker.code
         state, job, index = (int(v) for v in status[:ERROR])
-        code = p._popen.returncode
         if state == STARTING:
-            self._start_death(pool, p, code, recorded_error(status))
+            self._start_death(pool, pid, code, recorded_error(status))
             return False
         torn = state == READING or (state == SENDING and not _arrives(pool, (job, index)))
         # A death just after taking or just before leaving a queue's lock leaves
@@ -241,16 +276,16 @@ class Supervisor(object):
                   or (state in (RUNNING, SENT) and self._orphaned(
                       pool._outqueue._wlock, (SENDING, SENT))))
         if torn or unsure:
-            self._restart(pool, WorkerDied(_describe(p.pid, code, state, True), p.pid, code))
+            self._restart(pool, WorkerDied(_describe(pid, code, state, True), pid, code))
             return True
         if state == LOCKED:
             _release(pool._inqueue._rlock)
         elif state == SENDING:
             _release(pool._outqueue._wlock)  # it died after writing a whole result
-        expired = self._expired.pop(p, None)
+        expired = self._expired.pop(pid, None)
         if state in (RECEIVED, RUNNING):
             error: Exception = (expired if expired is not None else
-                                WorkerDied(_describe(p.pid, code, state, False), p.pid, code))
+                                WorkerDied(_describe(pid, code, state, False), pid, code))
             _deliver(pool, job, index, error)
         return False
 
@@ -259,7 +294,7 @@ class Supervisor(object):
         now = time.monotonic_ns()
         with self.changed:
             due = [(p, s, int(s[DEADLINE])) for p, s in self.workers.items()
-                   if p not in self._expired and p._popen is not None
+                   if p.pid not in self._expired and p._popen is not None
                    and p._popen.returncode is None]  # (a reaped pid may be reused)
         for p, status, deadline in due:
             if not 0 < deadline < now or status[STATE] != RUNNING:
@@ -270,8 +305,8 @@ class Supervisor(object):
             killed = False
             try:
                 if status[STATE] == RUNNING and status[DEADLINE] == deadline:
-                    self._expired[p] = self._timeout(p.pid, int(status[CALL]),
-                                                     int(status[ITEM]))
+                    self._expired[p.pid] = self._timeout(p.pid, int(status[CALL]),
+                                                         int(status[ITEM]))
                     blocks.salvage(p.pid)  # (its results still in the pipe can arrive)
                     p.kill()
                     killed = True
@@ -287,7 +322,7 @@ class Supervisor(object):
                       what, ": item %d" % item if item >= 0 else "", limit, pid)
         return timeouts.TaskTimeout(message, pid, seconds, item if item >= 0 else None)
 
-    def _start_death(self, pool: SharedArrayPool, p: Worker, code: Optional[int],
+    def _start_death(self, pool: SharedArrayPool, pid: int, code: Optional[int],
                      error: str) -> None:
         """A worker died before its first task: after a few in a row, break
         the pool (Pool would replace them forever, its calls waiting)."""
@@ -296,12 +331,12 @@ class Supervisor(object):
             return
         message = ("shmpool: %d workers of the pool in a row died before their first "
                    "task, so the pool cannot run tasks; the last (pid %d) %s"
-                   % (self.start_deaths, p.pid, _how(code)))
+                   % (self.start_deaths, pid, _how(code)))
         message += (":\n" + error.rstrip()) if error else (
             " (it left no error: an initializer that could not be unpickled "
             "says why on the worker's stderr)")
         with self.changed:
-            self.broken = WorkerDied(message, p.pid, code)
+            self.broken = WorkerDied(message, pid, code)
         pool._inqueue.stop()  # no worker will read them
         self._fail_new_calls(pool)
 

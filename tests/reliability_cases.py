@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 from multiprocessing.pool import IMapIterator, Pool
 
@@ -133,6 +134,10 @@ class UnpicklableInWorker(object):
 
     def __reduce__(self):
         return not_unpickled_here, ()
+
+
+def open_fds(_=None):
+    return len(os.listdir("/proc/self/fd"))
 
 
 def length(data):
@@ -514,6 +519,54 @@ class ReliabilityCases(StartMethodCases):
     def test_retired_workers_are_not_deaths(self):
         with self.pool(2, maxtasksperchild=2) as pool:
             assert pool.map(square, range(30), chunksize=1) == [i * i for i in range(30)]
+
+    @pytest.mark.timeout(60)
+    def test_replaced_worker_is_let_go_of_when_reaped(self):
+        # A worker retired by maxtasksperchild, once Pool has reaped and
+        # replaced it, is held by nothing: not by the supervisor, nor by
+        # a reference cycle left for a garbage collection (its Popen holds
+        # its pipes; its status block, a /dev/shm file).
+        gc.disable()
+        try:
+            with self.pool(1, maxtasksperchild=1) as pool:
+                for _ in range(5):
+                    process = pool._pool[0]
+                    refs = [weakref.ref(process), weakref.ref(process._popen)]
+                    del process
+                    assert pool.apply(square, (3,)) == 9
+                    deadline = time.monotonic() + 20
+                    while not pool._pool or pool._pool[0] is refs[0]():
+                        assert time.monotonic() < deadline, "the worker was not replaced"
+                        time.sleep(0.001)
+                    assert [ref() for ref in refs] == [None, None]
+        finally:
+            gc.enable()
+
+    @pytest.mark.timeout(90)
+    def test_replacing_workers_keeps_descriptors_flat(self):
+        # maxtasksperchild=1: the parent's descriptors (and those a forked
+        # worker inherits) stay within a few of a plain Pool's, during the
+        # run and after close()+join(), without a garbage collection.
+        def run(make_pool):
+            start = len(os.listdir("/proc/self/fd"))
+            pool = make_pool(2, maxtasksperchild=1)
+            result = pool.map_async(open_fds, range(30), chunksize=1)
+            peak = start
+            while not result.ready():
+                peak = max(peak, len(os.listdir("/proc/self/fd")))
+                time.sleep(0.002)
+            in_workers = max(result.get())
+            pool.close()
+            pool.join()
+            return peak - start, in_workers, len(os.listdir("/proc/self/fd")) - start
+
+        plain = run(self.ctx.Pool)
+        gc.disable()
+        try:
+            shared = run(self.pool)
+        finally:
+            gc.enable()
+        assert all(s <= p + 10 for s, p in zip(shared, plain)), (shared, plain)
 
     # A parent whose name is not UTF-8 (nor free of ")") is watched all the same.
     @pytest.mark.parametrize("name", [None, b"pool\xff\xfe) Z"])
