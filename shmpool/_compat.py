@@ -29,6 +29,9 @@ posix_fallocate = getattr(os, "posix_fallocate", None)
 #: Pre-fault a mapping's page tables at mmap time (Linux; mmap exposes the
 #: constant from Python 3.10 on).
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000 if LINUX else 0)
+# (Windows' mmap has none of these: importing shmpool must not need them.)
+PROT_READ = getattr(mmap, "PROT_READ", 1)
+PROT_WRITE = getattr(mmap, "PROT_WRITE", 2)
 
 
 def raise_fd_limit() -> bool:

@@ -45,8 +45,8 @@ File = NamedTuple("File", [("dev", int), ("ino", int), ("mode", str), ("path", s
                            ("start", int), ("length", int), ("pid", int), ("address", int)])
 
 MODES = ("r", "r+", "c")
-_PROT = {"r": mmap.PROT_READ, "r+": mmap.PROT_READ | mmap.PROT_WRITE,
-         "c": mmap.PROT_READ | mmap.PROT_WRITE}
+_PROT = {"r": _compat.PROT_READ, "r+": _compat.PROT_READ | _compat.PROT_WRITE,
+         "c": _compat.PROT_READ | _compat.PROT_WRITE}
 _FLAGS = {"r": os.O_RDONLY, "r+": os.O_RDWR, "c": os.O_RDONLY}
 
 

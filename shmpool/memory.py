@@ -344,7 +344,7 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 def map_file(fd: int, offset: int, size: int, owns_fd: bool = False,
              populate: Optional[bool] = None,
-             prot: int = mmap.PROT_READ | mmap.PROT_WRITE, private: bool = False) -> Buffer:
+             prot: int = _compat.PROT_READ | _compat.PROT_WRITE, private: bool = False) -> Buffer:
     """Map ``size`` bytes of ``fd`` at ``offset`` as a ctypes byte array
     (``prot``ected so, ``MAP_PRIVATE`` if ``private``, else ``MAP_SHARED``).
 

@@ -462,3 +462,24 @@ def test_fd_limit_is_said_as_such(monkeypatch, tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
         os.close(fd)
+
+
+def test_import_needs_no_posix_only_mmap_constants():
+    # Windows' mmap module has no PROT_* nor MAP_*: ``import shmpool`` must
+    # not touch them (API.md: importing shmpool must not fail there).
+    import subprocess
+    code = "\n".join([
+        "import mmap",
+        "for name in ('PROT_READ', 'PROT_WRITE', 'PROT_EXEC', 'MAP_SHARED', 'MAP_PRIVATE',",
+        "             'MAP_ANONYMOUS', 'MAP_ANON', 'MAP_POPULATE'):",
+        "    if hasattr(mmap, name):",
+        "        delattr(mmap, name)",
+        "import shmpool, shmpool.memmaps",
+        "print('imported')",
+    ])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(shmpool.__file__)))]
+        + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env, timeout=60)
+    assert out.stdout.decode().strip() == "imported", out.stderr.decode()
