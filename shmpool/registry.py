@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, cast
 
 import numpy as np
@@ -42,7 +43,9 @@ class Registry(object):
         self._make(CAPACITY)
         # name -> (array, table entry) as last published: an array published
         # before is not referenced again (its memmap's file may be gone since).
-        self._entries: Dict[str, Tuple[npt.NDArray[Any], List[Any]]] = {}
+        # Weakly: a forked worker inherits this object, and must not keep an
+        # array alive once the parent has let go of it.
+        self._entries: Dict[str, Tuple[weakref.ref[npt.NDArray[Any]], List[Any]]] = {}
 
     def _make(self, capacity: int) -> None:
         self.block = ndarrays.zeros(_HEAD + capacity, np.uint8)
@@ -55,8 +58,9 @@ class Registry(object):
         entries = {}
         for name, a in arrays.items():
             known = self._entries.get(name)
-            entries[name] = known if known is not None and known[0] is a else (
-                a, _encode(name, cast("reduction.Reference", reduction.reference(a))))
+            entries[name] = known if known is not None and known[0]() is a else (
+                weakref.ref(a), _encode(name, cast("reduction.Reference",
+                                                   reduction.reference(a))))
         payload = json.dumps([entry for _, entry in entries.values()]).encode()
         capacity = self.block.size - _HEAD
         if len(payload) > capacity and int(self.version[0]) == 0:
