@@ -195,10 +195,10 @@ class Supervisor(object):
         (dropping their Process objects), and wake the monitor for them."""
         with self.changed:
             gone = [(p, s) for p, s in self.workers.items()
-                    if p._popen is not None and p._popen.returncode is not None]
+                    if _popen(p) is not None and _popen(p).returncode is not None]
             for p, status in gone:
                 del self.workers[p]
-                self.ended.append(Ended(p.pid, p._popen.returncode, status))
+                self.ended.append(Ended(p.pid, _popen(p).returncode, status))
         if gone:
             self._wake.set()
 
@@ -294,8 +294,8 @@ class Supervisor(object):
         now = time.monotonic_ns()
         with self.changed:
             due = [(p, s, int(s[DEADLINE])) for p, s in self.workers.items()
-                   if p.pid not in self._expired and p._popen is not None
-                   and p._popen.returncode is None]  # (a reaped pid may be reused)
+                   if p.pid not in self._expired and _popen(p) is not None
+                   and _popen(p).returncode is None]  # (a reaped pid may be reused)
         for p, status, deadline in due:
             if not 0 < deadline < now or status[STATE] != RUNNING:
                 continue
@@ -385,10 +385,16 @@ def _kill(p: Worker, timeout: float = 5.0) -> None:
     """SIGKILL a worker (once it has started: Pool starts it right after
     making it).  Pool's worker thread reaps it."""
     deadline = time.monotonic() + timeout
-    while p._popen is None and time.monotonic() < deadline:
+    while _popen(p) is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    if p._popen is not None:
+    if _popen(p) is not None:
         p.kill()
+
+
+def _popen(p: Worker) -> Any:
+    """``p``'s Popen once started (None before, or for a stand-in Process
+    class of a custom context that has none, as CPython's tests use)."""
+    return getattr(p, "_popen", None)
 
 
 def _stop(pid: int, timeout: float = 1.0) -> Optional[bool]:
