@@ -2,6 +2,7 @@
 
     python -m nox -s tests-3.7 tests-3.13      # one session per Python
     python -m nox -s tests-3.13 -- -m fork     # arguments after -- go to conformance/run.py
+    python -m nox -s quick-3.13                # only the default start method's tests
     python -m nox -s forky                     # 3.14 and 3.15, in a Debian forky chroot (root)
     python -m nox -l                           # list the sessions
 
@@ -41,6 +42,24 @@ def tests(session):
     failed = []  # both run, whatever the first one says
     for name, command in (("pytest", ["python", "-m", "pytest", "-q"]),
                           ("conformance", ["python", "conformance/run.py"] + session.posargs)):
+        try:
+            session.run(*command)
+        except CommandFailed:
+            failed.append(name)
+    if failed:
+        session.error("failed: %s" % ", ".join(failed))
+
+
+@nox.session(python=PYTHONS, venv_backend="venv")
+def quick(session):
+    """The tests of this Python's default start method only, and conformance
+    under it (.ci/quick.py): for the Pythons between the oldest and the newest."""
+    session.install("-e", ".[test]")
+    tests = session.run("python", ".ci/quick.py", silent=True).split()
+    method = session.run("python", ".ci/quick.py", "--method", silent=True).strip()
+    failed = []
+    for name, command in (("pytest", ["python", "-m", "pytest", "-q"] + tests),
+                          ("conformance", ["python", "conformance/run.py", "-m", method])):
         try:
             session.run(*command)
         except CommandFailed:
