@@ -530,6 +530,10 @@ class ReliabilityCases(StartMethodCases):
         try:
             with self.pool(1, maxtasksperchild=1) as pool:
                 for _ in range(5):
+                    deadline = time.monotonic() + 20
+                    while not pool._pool or pool._pool[0]._popen is None:  # (3.7: not
+                        assert time.monotonic() < deadline, "no worker started"  # started)
+                        time.sleep(0.001)
                     process = pool._pool[0]
                     refs = [weakref.ref(process), weakref.ref(process._popen)]
                     del process
