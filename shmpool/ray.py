@@ -52,7 +52,7 @@ import numpy as np
 from . import ndarrays, progress, worker
 
 if TYPE_CHECKING:
-    from typing import TypeVar
+    from typing import TypeAlias, TypeVar
 
     import numpy.typing as npt
     from ray.util.multiprocessing.pool import AsyncResult, ResultThread
@@ -70,7 +70,8 @@ if TYPE_CHECKING:
     _Ref = Tuple[str, ray.ObjectRef[npt.NDArray[np.uint8]], np.dtype[Any],
                  Tuple[int, ...], bool]
     #: The pool's table of arrays, in the object store: a list of _Ref.
-    _Table = ray.ObjectRef[List[_Ref]]
+    #: (An explicit alias: without Ray installed, ray.ObjectRef is Any.)
+    _Table: TypeAlias = "ray.ObjectRef[List[_Ref]]"
 
 __all__ = ["SharedArrayPool"]
 
