@@ -17,7 +17,9 @@ import io
 import os
 import select
 import struct
+import threading
 import traceback
+from multiprocessing import pool as _mp_pool
 from multiprocessing.pool import ExceptionWithTraceback  # type: ignore[attr-defined]  # not in typeshed
 from multiprocessing.queues import SimpleQueue
 from multiprocessing.reduction import ForkingPickler
@@ -178,11 +180,30 @@ class ResultQueue(_Queue):
         buf.write(about)
         ForkingPickler(buf).dump(obj)
         data = buf.getbuffer()
+        if obj is None and self._wlock is not None:  # (the parent's task thread, at its end)
+            if not _take_unless_terminating(self._wlock):
+                return  # the pool terminates: its result thread ends without it
+            try:
+                self._writer.send_bytes(data)
+            finally:
+                self._wlock.release()
+            return
         with self._wlock or _compat.nullcontext():
             state[STATE] = SENDING
             self._writer.send_bytes(data)
             state[STATE] = SENT
         state[STATE] = IDLE
+
+
+def _take_unless_terminating(lock: Any) -> bool:
+    """Take ``lock``, unless this thread (a pool's task thread) is told to
+    terminate while waiting: a worker that the pool killed may hold it for
+    good, and Pool's task thread would then wait forever."""
+    thread = threading.current_thread()
+    while not lock.acquire(timeout=0.1):
+        if getattr(thread, "_state", None) == _mp_pool.TERMINATE:
+            return False
+    return True
 
 
 def _about(outcome: Tuple[bool, Any]) -> bytes:
