@@ -39,15 +39,7 @@ def tests(session):
     session.run("python", "-c", "import test._test_multiprocessing",
                 silent=True)  # this build ships the test package: else fail here
     session.install("-e", ".[test]")
-    failed = []  # both run, whatever the first one says
-    for name, command in (("pytest", ["python", "-m", "pytest", "-q"]),
-                          ("conformance", ["python", "conformance/run.py"] + session.posargs)):
-        try:
-            session.run(*command)
-        except CommandFailed:
-            failed.append(name)
-    if failed:
-        session.error("failed: %s" % ", ".join(failed))
+    _pytest_and_conformance(session, [], session.posargs)
 
 
 @nox.session(python=PYTHONS, venv_backend="venv")
@@ -57,9 +49,14 @@ def quick(session):
     session.install("-e", ".[test]")
     tests = session.run("python", ".ci/quick.py", silent=True).split()
     method = session.run("python", ".ci/quick.py", "--method", silent=True).strip()
+    _pytest_and_conformance(session, tests, ["-m", method])
+
+
+def _pytest_and_conformance(session, pytest_args, conformance_args):
+    """pytest, then conformance/run.py, both whatever the first one says."""
     failed = []
-    for name, command in (("pytest", ["python", "-m", "pytest", "-q"] + tests),
-                          ("conformance", ["python", "conformance/run.py", "-m", method])):
+    for name, command in (("pytest", ["python", "-m", "pytest", "-q"] + pytest_args),
+                          ("conformance", ["python", "conformance/run.py"] + conformance_args)):
         try:
             session.run(*command)
         except CommandFailed:
