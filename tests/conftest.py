@@ -135,3 +135,15 @@ def run_script(name, *args, timeout=120):
         universal_newlines=True, env=script_env())
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def drain(iterator):
+    """Every value of ``iterator``, the exception standing for a failed one."""
+    out = []
+    while True:
+        try:
+            out.append(next(iterator))
+        except StopIteration:
+            return out
+        except Exception as e:
+            out.append(e)

@@ -13,7 +13,7 @@ import pytest
 
 import shmpool
 
-from conftest import HERE, StartMethodCases, file_in_use, script_env, shm_file
+from conftest import HERE, StartMethodCases, drain, file_in_use, script_env, shm_file
 
 
 def names(_=None):
@@ -69,15 +69,8 @@ def fails_at_2(i):
 
 
 def _drain(iterator):
-    """Every value of ``iterator``, an exception's class name standing for a failed one."""
-    out = []
-    while True:
-        try:
-            out.append(next(iterator))
-        except StopIteration:
-            return out
-        except Exception as e:
-            out.append(type(e).__name__)
+    """``drain``, an exception's class name standing for a failed value."""
+    return [type(v).__name__ if isinstance(v, Exception) else v for v in drain(iterator)]
 
 
 class Recorder(object):

@@ -13,7 +13,7 @@ import pytest
 import shmpool
 from shmpool import TaskTimeout, protocol
 
-from conftest import StartMethodCases, process_alive
+from conftest import StartMethodCases, drain, process_alive
 
 
 def nap(seconds):
@@ -50,25 +50,6 @@ def made_then_hang(i):
 
 def slow_callback(_):
     time.sleep(2)
-
-
-def _next_or_error(iterator):
-    try:
-        return next(iterator)
-    except StopIteration:
-        raise
-    except Exception as e:
-        return e
-
-
-def _drain(iterator):
-    """Every value of ``iterator``, an exception standing for a failed one."""
-    out = []
-    while True:
-        try:
-            out.append(_next_or_error(iterator))
-        except StopIteration:
-            return out
 
 
 class TimeoutCases(StartMethodCases):
@@ -136,7 +117,7 @@ class TimeoutCases(StartMethodCases):
         with self.pool(2) as pool:
             other = pool.apply_async(nap, (1.5,))  # a concurrent call, longer than the limit
             start = time.monotonic()
-            results = _drain(getattr(pool, method)(slow_at, range(12), task_timeout=0.7))
+            results = drain(getattr(pool, method)(slow_at, range(12), task_timeout=0.7))
             assert time.monotonic() - start < 0.7 + 2 + 1.5
             failed = [r for r in results if isinstance(r, Exception)]
             values = [r for r in results if not isinstance(r, Exception)]
@@ -154,7 +135,7 @@ class TimeoutCases(StartMethodCases):
         # item 0's array, made by the killed worker, is still in the pipe.
         with self.pool(1) as pool:
             other = pool.apply_async(square, (3,), callback=slow_callback)
-            results = _drain(pool.imap(made_then_hang, range(3), task_timeout=0.3))
+            results = drain(pool.imap(made_then_hang, range(3), task_timeout=0.3))
             assert other.get(10) == 9
         assert isinstance(results[1], TaskTimeout), results
         assert isinstance(results[0], np.ndarray) and results[0].tolist() == [7] * 1000
@@ -163,7 +144,7 @@ class TimeoutCases(StartMethodCases):
     def test_chunked_imap_raises_at_the_chunk(self):
         with self.pool(2) as pool:
             # As Pool's imap for a failed chunk: the items before it, then the error.
-            results = _drain(pool.imap(slow_at, range(12), 2, task_timeout=0.7))
+            results = drain(pool.imap(slow_at, range(12), 2, task_timeout=0.7))
             assert results[:2] == [0, 1] and isinstance(results[2], TaskTimeout)
             assert results[2].item == 3 and len(results) == 3
             assert pool.map(square, range(6), chunksize=1) == [i * i for i in range(6)]
@@ -217,7 +198,7 @@ class TimeoutCases(StartMethodCases):
     def test_a_numpy_chunksize_names_the_item(self, method):
         # (regression) a numpy integer chunksize, which Pool takes, gave item=None.
         with self.pool(2) as pool:
-            results = _drain(getattr(pool, method)(slow_at, range(6), np.int64(1),
+            results = drain(getattr(pool, method)(slow_at, range(6), np.int64(1),
                                                    task_timeout=0.5))
             failed = [r for r in results if isinstance(r, TaskTimeout)]
             assert len(failed) == 1 and failed[0].item == 3, results
